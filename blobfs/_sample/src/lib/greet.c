@@ -1,0 +1,5 @@
+#include "greet.h"
+
+void greet(FILE *out, const char *name) {
+    fprintf(out, "hello, %s\n", name);
+}

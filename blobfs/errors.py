@@ -1,0 +1,126 @@
+"""The blobfs exception tree.
+
+Every error blobfs raises on purpose derives from :class:`BlobfsError`; foreign exceptions
+(``OSError`` from the file system, ``zstandard.ZstdError``) are translated where they enter.
+Each error carries what a user needs to act on it: the path, the expected and actual digest.
+
+::
+
+    BlobfsError
+    ├── CorruptIndex            the index bytes are malformed or break the format contract
+    ├── ArchivePathError        a path argument is unusable (also a ValueError)
+    │   ├── InvalidPath         not a valid archive path ("..", NUL, absolute, ...)
+    │   ├── NotFound            no file or directory of that name (also FileNotFoundError)
+    │   ├── IsADirectory        a file was expected (also IsADirectoryError)
+    │   └── NotADirectory       a directory was expected (also NotADirectoryError)
+    ├── IntegrityError          content did not match its digest, or payload sizes lie
+    │   └── HashMismatch        SHA-256 of a file or chunk differs from the index
+    ├── FileTooLarge            a whole-file read exceeds ``max_file_size``
+    ├── SourceError             the data source failed (I/O error, short read, out of range)
+    └── CreateError             creating an archive failed
+        ├── TooManyFiles        more regular files than ``max_files``
+        └── FileChanged         a source file changed while it was archived
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ArchivePathError",
+    "BlobfsError",
+    "CorruptIndex",
+    "CreateError",
+    "FileChanged",
+    "FileTooLarge",
+    "HashMismatch",
+    "IntegrityError",
+    "InvalidPath",
+    "IsADirectory",
+    "NotADirectory",
+    "NotFound",
+    "SourceError",
+    "TooManyFiles",
+]
+
+
+class BlobfsError(Exception):
+    """Base of every error blobfs raises on purpose."""
+
+
+class CorruptIndex(BlobfsError):
+    """The index is malformed: bad offsets, bad paths, duplicates, inconsistent fields."""
+
+
+class ArchivePathError(BlobfsError):
+    """A path given to an archive operation is unusable."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path!r}: {message}")
+        self.path = path
+
+
+class InvalidPath(ArchivePathError, ValueError):
+    """Not a valid archive path."""
+
+
+class NotFound(ArchivePathError, FileNotFoundError):
+    """No file or directory of that name in the archive."""
+
+
+class IsADirectory(ArchivePathError, IsADirectoryError):
+    """The path names a directory where a file was expected."""
+
+
+class NotADirectory(ArchivePathError, NotADirectoryError):
+    """The path names a file where a directory was expected."""
+
+
+class IntegrityError(BlobfsError):
+    """Content read from a source does not match the index (digest or size)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+class HashMismatch(IntegrityError):
+    """SHA-256 of a file (or one chunk of it) differs from the digest in the index."""
+
+    def __init__(self, path: str, expected: str, actual: str, what: str = "content") -> None:
+        super().__init__(
+            path, f"{what} hash mismatch: expected sha256:{expected}, got sha256:{actual}"
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class FileTooLarge(BlobfsError):
+    """A whole-file read exceeds the configured ``max_file_size``."""
+
+    def __init__(self, path: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"{path}: file is {size} bytes, over the whole-file read limit of {limit} bytes "
+            "(raise max_file_size, or stream it with open())"
+        )
+        self.path = path
+        self.size = size
+        self.limit = limit
+
+
+class SourceError(BlobfsError):
+    """Reading the data blob failed: I/O error, short read, range outside the blob."""
+
+
+class CreateError(BlobfsError):
+    """Creating an archive failed; no partial archive is left behind."""
+
+
+class TooManyFiles(CreateError):
+    """The source tree holds more regular files than ``max_files`` allows."""
+
+
+class FileChanged(CreateError):
+    """A source file was replaced or modified while it was being archived."""
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(f"file changed during archive creation: {path} ({what})")
+        self.path = path
