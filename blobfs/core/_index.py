@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import CorruptIndex, IsADirectory, NotADirectory, NotFound
-from ._paths import normalize_path, path_problem
+from ._paths import first_bad_path, normalize_path
 from ._types import (
     CHUNK_SIZE_MAX,
     CHUNK_SIZE_MIN,
@@ -387,28 +387,10 @@ class Index:
             raise CorruptIndex(f"entry {i}: {problem}")
 
     def _check_paths(self, paths: list[bytes], base: int) -> None:
-        """Structure, NUL and UTF-8 checks for a batch in C: a join, four searches, a decode.
-
-        With NUL turned into "/" and "/" around the whole run, every structural fault of any
-        path (empty path, leading or trailing "/", empty, "." or ".." component) shows up as
-        "//", "/./" or "/../".
-        """
-        joined = b"\x00".join(paths)
-        ok = joined.count(0) == len(paths) - 1
-        if ok:
-            run = b"/" + joined.replace(b"\x00", b"/") + b"/"
-            ok = b"//" not in run and b"/./" not in run and b"/../" not in run
-        if ok:
-            try:
-                joined.decode("utf-8")
-            except UnicodeDecodeError:
-                ok = False
-        if not ok:
-            # Slow path, only on the way to an error: find the first offending path.
-            for i, raw in enumerate(paths):
-                problem = path_problem(raw)
-                if problem is not None:
-                    raise CorruptIndex(f"entry {base + i}: invalid path {raw!r}: {problem}")
+        bad = first_bad_path(paths)
+        if bad is not None:
+            i, problem = bad
+            raise CorruptIndex(f"entry {base + i}: invalid path {paths[i]!r}: {problem}")
 
     def _check_chunks(self, i: int, t: int) -> None:
         e = self._decode(t)
@@ -560,7 +542,6 @@ class Index:
         t = self._tpos[sel].astype(np.int64)
         if not len(t):
             return []
-        pos = np.arange(self._count)[sel] if isinstance(sel, slice) else sel
         vt = t - g(t, 4).astype(np.uint32).view(np.int32).astype(np.int64)
         uvt, inverse = np.unique(vt, return_inverse=True)
         layouts = [self._layout(int(v)) for v in uvt.tolist()]
@@ -599,6 +580,8 @@ class Index:
             )
         )
         if any(lay.chunks_off or lay.frames_off for lay in layouts):
+            # Entries with chunk vectors (files over one chunk) are decoded one by one.
+            pos = np.arange(self._count)[sel] if isinstance(sel, slice) else sel
             for k in range(len(out)):
                 if layouts[inverse[k]].chunks_off or layouts[inverse[k]].frames_off:
                     out[k] = self._entry_at(int(pos[k]))

@@ -1,10 +1,15 @@
 """Writing the FlatBuffers index.
 
-The layout is built front to back, parents before children, so every ``uoffset`` points forward
-as FlatBuffers requires; vtables sit before the tables that use them (``soffset`` is signed).
-Every scalar of an entry is written, including zeros, so all plain entries share one vtable;
-chunked entries share a second (raw) or third (zstd) one. Tables start on 8-byte boundaries and
-their 64-bit fields sit at 8-byte offsets, so the buffer passes a strict FlatBuffers verifier.
+Layout, front to back (every ``uoffset`` points forward as FlatBuffers requires; vtables may sit
+anywhere because ``soffset`` is signed)::
+
+    root uoffset | entry vtables (plain, chunked raw, chunked zstd) | index vtable | index table
+    | entries vector | data_hash vector | per entry: table, path string, hash, [chunk vectors]
+
+Every scalar of an entry is written, zeros included, so all plain entries share one vtable and
+one ``struct`` packs a whole table. Tables start on 8-byte boundaries with their 64-bit fields at
+8-byte offsets, and vector lengths on 4-byte boundaries, so a strict FlatBuffers verifier
+accepts the buffer.
 
 Entries are written in bytewise order of their UTF-8 path, the only order in which the Go
 reference's binary search finds every file. The output depends on nothing but the entries, so
@@ -16,167 +21,129 @@ from __future__ import annotations
 import itertools
 import struct
 from collections.abc import Iterable
+from typing import Final
 
 from ..errors import CorruptIndex
-from ._paths import path_problem
+from ._paths import first_bad_path
 from ._types import FEATURE_CHUNKS, HASH_SIZE, Compression, Entry
 
 __all__ = ["encode_index"]
 
-# Entry table layout: (slot, offset in table, struct code). Offset 0 holds the vtable soffset.
-_PLAIN = (
-    (0, 4, "I"),  # path (uoffset)
-    (1, 8, "Q"),  # data_offset
-    (2, 16, "Q"),  # data_size
-    (3, 24, "Q"),  # original_size
-    (8, 32, "q"),  # mtime_ns
-    (4, 40, "I"),  # hash (uoffset)
-    (5, 44, "I"),  # mode
-    (6, 48, "I"),  # uid
-    (7, 52, "I"),  # gid
-    (9, 56, "b"),  # compression
-)
-_CHUNKED_RAW = (*_PLAIN[:-1], (10, 56, "I"), (11, 60, "I"), (9, 64, "b"))
-_CHUNKED_ZSTD = (*_PLAIN[:-1], (10, 56, "I"), (11, 60, "I"), (12, 64, "I"), (9, 68, "b"))
+# Entry vtables: (vtable bytes, table size). Field offsets per slot 0..12 (0 = absent):
+# path 4, data_offset 8, data_size 16, original_size 24, hash 40, mode 44, uid 48, gid 52,
+# mtime 32, compression 56 (plain) / 64 (raw chunked) / 68 (zstd chunked), chunk_size 56,
+# chunk_hashes 60, frame_offsets 64.
+_PLAIN_OFFS: Final = (4, 8, 16, 24, 40, 44, 48, 52, 32, 56)
+_RAW_OFFS: Final = (4, 8, 16, 24, 40, 44, 48, 52, 32, 64, 56, 60)
+_ZSTD_OFFS: Final = (4, 8, 16, 24, 40, 44, 48, 52, 32, 68, 56, 60, 64)
+_PLAIN_TABLE: Final = struct.Struct("<iIQQQqIIIIb7x")  # 64 bytes
+_RAW_TABLE: Final = struct.Struct("<iIQQQqIIIIIIb7x")  # 72 bytes
+_ZSTD_TABLE: Final = struct.Struct("<iIQQQqIIIIIIIb3x")  # 72 bytes
+# Index table: version 4, features 8, data_size 16, entries 24, data_hash 28, hash_algorithm 32.
+_INDEX_OFFS: Final = (4, 32, 24, 16, 28, 8)
+_INDEX_TABLE: Final = struct.Struct("<iIIIQIIb7x")  # 40 bytes
+
+
+def _vtable(offs: tuple[int, ...], table_size: int) -> bytes:
+    return struct.pack(f"<HH{len(offs)}H", 4 + 2 * len(offs), table_size, *offs)
 
 
 def _align(n: int, a: int) -> int:
     return (n + a - 1) & ~(a - 1)
 
 
-def _vtable(layout: tuple[tuple[int, int, str], ...]) -> tuple[bytes, int]:
-    nslots = max(slot for slot, _, _ in layout) + 1
-    table_size = _align(max(off + struct.calcsize(code) for _, off, code in layout), 4)
-    offs = [0] * nslots
-    for slot, off, _ in layout:
-        offs[slot] = off
-    return struct.pack(f"<HH{nslots}H", 4 + 2 * nslots, table_size, *offs), table_size
-
-
-class _Buf:
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.size = 0
-
-    def put(self, b: bytes) -> int:
-        at = self.size
-        self.parts.append(b)
-        self.size += len(b)
-        return at
-
-    def pad(self, a: int) -> None:
-        n = _align(self.size, a) - self.size
-        if n:
-            self.put(b"\0" * n)
+_U32: Final = struct.Struct("<I")
+_HASH_LEN: Final = _U32.pack(HASH_SIZE)
+_PAD: Final = (b"\0" * 4, b"\0" * 3, b"\0" * 2, b"\0")
+"""NUL terminator plus padding after a string of length n, indexed by n % 4."""
 
 
 def encode_index(entries: Iterable[Entry], *, data_size: int, data_hash: bytes) -> bytes:
-    """Serialise ``entries`` (any order; written bytewise-sorted) into index bytes."""
+    """Serialise ``entries`` (any order; written bytewise-sorted) into index bytes.
+
+    Raises :class:`~blobfs.errors.CorruptIndex` for an invalid or duplicate path, and
+    ``ValueError`` for a digest that is not 32 bytes.
+    """
     if len(data_hash) != HASH_SIZE:
         raise ValueError("data_hash must be a 32-byte SHA-256 digest")
     items = sorted(((e.path.encode("utf-8"), e) for e in entries), key=lambda pe: pe[0])
     for (p, _), (q, _) in itertools.pairwise(items):
         if p == q:
             raise CorruptIndex(f"duplicate path {p.decode()!r}")
-    for p, e in items:
-        problem = path_problem(p)
-        if problem is not None:
-            raise CorruptIndex(f"invalid path {p!r}: {problem}")
+    bad = first_bad_path([p for p, _ in items])
+    if bad is not None:
+        raise CorruptIndex(f"invalid path {items[bad[0]][0]!r}: {bad[1]}")
+    for _, e in items:
         if len(e.hash) != HASH_SIZE:
             raise ValueError(f"{e.path}: hash must be {HASH_SIZE} bytes")
+    n = len(items)
     chunked = any(e.chunk_size for _, e in items)
 
-    out = _Buf()
-    out.put(b"\0" * 4)  # root uoffset, patched below
-    # Index table: version, hash_algorithm, entries, data_size, data_hash, features.
-    index_layout = (
-        (0, 4, "I"),
-        (5, 8, "I"),
-        (3, 16, "Q"),
-        (2, 24, "I"),
-        (4, 28, "I"),
-        (1, 32, "b"),
-    )
-    ivt, isize = _vtable(index_layout)
-    vtables = {}
-    for name, layout in (("plain", _PLAIN), ("raw", _CHUNKED_RAW), ("zstd", _CHUNKED_ZSTD)):
-        vt_bytes, tsize = _vtable(layout)
-        vtables[name] = (out.put(vt_bytes), tsize, layout)
-    ivt_at = out.put(ivt)
-    out.pad(8)
-    root = out.size
-    # The index table's reference fields are patched once their targets are placed.
-    index_table = bytearray(_align(isize, 8))
-    index_part = len(out.parts)
-    out.put(bytes(index_table))  # replaced once the reference targets are known
-    entries_vec = out.size
-    n = len(items)
-    out.put(struct.pack("<I", n))
-    slots_at = out.size
-    out.put(b"\0" * (4 * n))  # patched below
-    hash_vec = out.put(struct.pack("<I", HASH_SIZE) + data_hash)
-    table_pos: list[int] = []
+    vt_plain = 4
+    vt_raw = vt_plain + len(_vtable(_PLAIN_OFFS, 64))
+    vt_zstd = vt_raw + len(_vtable(_RAW_OFFS, 72))
+    vt_index = vt_zstd + len(_vtable(_ZSTD_OFFS, 72))
+    root = _align(vt_index + len(_vtable(_INDEX_OFFS, 40)), 8)
+    vec = root + _INDEX_TABLE.size
+    hash_vec = vec + 4 + 4 * n
+    pos = _align(hash_vec + 4 + HASH_SIZE, 8)
+
+    body: list[bytes] = []
+    tables: list[int] = []
     for p, e in items:
-        kind = ("zstd" if e.compression == Compression.ZSTD else "raw") if e.chunk_size else "plain"
-        vt_at, tsize, layout = vtables[kind]
-        out.pad(8)
-        t = out.size
-        table_pos.append(t)
-        table = bytearray(_align(tsize, 8))
-        struct.pack_into("<i", table, 0, t - vt_at)
-        # Children follow the table: path string, hash, chunk table, frame offsets.
-        after = t + len(table)
-        child = bytearray()
-
-        def place(blob: bytes, align: int, _after: int = after, _child: bytearray = child) -> int:
-            # Vectors put their 4-byte length just before element 0; align the elements.
-            pos = _after + len(_child)
-            pad = (_align(pos + 4, max(align, 4)) - 4) - pos
-            _child.extend(b"\0" * pad)
-            at = _after + len(_child)
-            _child.extend(blob)
-            return at
-
-        refs = {
-            0: place(struct.pack("<I", len(p)) + p + b"\0", 1),
-            4: place(struct.pack("<I", HASH_SIZE) + e.hash, 1),
-        }
-        if e.chunk_size:
-            refs[11] = place(struct.pack("<I", len(e.chunk_hashes)) + e.chunk_hashes, 1)
-            if kind == "zstd":
-                fr = e.frame_offsets
-                refs[12] = place(struct.pack(f"<I{len(fr)}Q", len(fr), *fr), 8)
-        values = {
-            1: e.data_offset,
-            2: e.data_size,
-            3: e.original_size,
-            5: e.mode & 0o777,
-            6: e.uid,
-            7: e.gid,
-            8: e.mtime_ns,
-            9: int(e.compression),
-            10: e.chunk_size,
-        }
-        for slot, off, code in layout:
-            if slot in refs:
-                struct.pack_into("<I", table, off, refs[slot] - (t + off))
+        tables.append(pos)
+        # The path string: length, bytes, NUL, padded so the hash vector starts 4-aligned.
+        path = _U32.pack(len(p)) + p + _PAD[len(p) & 3]
+        digest = _HASH_LEN + e.hash
+        mode, comp = e.mode & 0o777, int(e.compression)
+        if not e.chunk_size:
+            # Children right after the 64-byte table: path at +64, hash after the path.
+            table = _PLAIN_TABLE.pack(
+                pos - vt_plain, 60, e.data_offset, e.data_size, e.original_size, e.mtime_ns,
+                24 + len(path), mode, e.uid, e.gid, comp,
+            )  # fmt: skip
+            chunk = b""
+        else:
+            zstd = e.compression == Compression.ZSTD
+            hashes = e.chunk_hashes
+            ch = struct.pack("<I", len(hashes)) + hashes
+            ch += b"\0" * (_align(len(ch), 4) - len(ch))
+            after = pos + 72 + len(path) + len(digest) + len(ch)  # where frame offsets go
+            pad = (_align(after + 4, 8) - 4) - after  # 8-align the uint64 elements
+            fr = e.frame_offsets
+            frames = b"\0" * pad + struct.pack(f"<I{len(fr)}Q", len(fr), *fr) if zstd else b""
+            at_path, at_hash = pos + 72, pos + 72 + len(path)
+            at_chunks = at_hash + len(digest)
+            common = (
+                at_path - (pos + 4), e.data_offset, e.data_size, e.original_size, e.mtime_ns,
+                at_hash - (pos + 40), mode, e.uid, e.gid, e.chunk_size, at_chunks - (pos + 60),
+            )  # fmt: skip
+            if zstd:
+                at_frames = at_chunks + len(ch) + pad
+                table = _ZSTD_TABLE.pack(pos - vt_zstd, *common, at_frames - (pos + 64), comp)
             else:
-                struct.pack_into("<" + code, table, off, values[slot])
-        out.put(bytes(table))
-        out.put(bytes(child))
-    out.pad(4)
-    slots = bytearray(4 * n)
-    for i, t in enumerate(table_pos):
-        struct.pack_into("<I", slots, 4 * i, t - (slots_at + 4 * i))
-    struct.pack_into("<i", index_table, 0, root - ivt_at)
-    struct.pack_into("<I", index_table, 4, 1)  # version
-    struct.pack_into("<I", index_table, 8, FEATURE_CHUNKS if chunked else 0)
-    struct.pack_into("<Q", index_table, 16, data_size)
-    struct.pack_into("<I", index_table, 24, entries_vec - (root + 24))
-    struct.pack_into("<I", index_table, 28, hash_vec - (root + 28))
-    struct.pack_into("<b", index_table, 32, 0)  # hash_algorithm SHA256
-    out.parts[index_part] = bytes(index_table)
-    data = bytearray(b"".join(out.parts))
-    struct.pack_into("<I", data, 0, root)
-    data[slots_at : slots_at + 4 * n] = slots
-    return bytes(data)
+                table = _RAW_TABLE.pack(pos - vt_raw, *common, comp)
+            chunk = ch + frames
+        record = table + path + digest + chunk
+        pad8 = -len(record) & 7
+        body.append(record + b"\0" * pad8 if pad8 else record)
+        pos += len(record) + pad8
+
+    head = bytearray(struct.pack("<I", root))
+    head += _vtable(_PLAIN_OFFS, 64) + _vtable(_RAW_OFFS, 72) + _vtable(_ZSTD_OFFS, 72)
+    head += _vtable(_INDEX_OFFS, 40)
+    head += b"\0" * (root - len(head))
+    head += _INDEX_TABLE.pack(
+        root - vt_index,
+        1,  # version
+        FEATURE_CHUNKS if chunked else 0,
+        0,  # padding before the 8-aligned data_size
+        data_size,
+        vec - (root + 24),
+        hash_vec - (root + 28),
+        0,  # hash_algorithm: SHA256
+    )
+    head += struct.pack(f"<I{n}I", n, *(t - (vec + 4 + 4 * i) for i, t in enumerate(tables)))
+    head += struct.pack("<I", HASH_SIZE) + data_hash
+    head += b"\0" * (_align(len(head), 8) - len(head))
+    return bytes(head) + b"".join(body)

@@ -12,7 +12,7 @@ import re
 
 from ..errors import InvalidPath
 
-__all__ = ["BAD_PATH_RE", "normalize_path", "path_problem"]
+__all__ = ["BAD_PATH_RE", "first_bad_path", "normalize_path", "path_problem"]
 
 # One pattern finds every structural problem in a NUL-joined run of stored paths: an empty path,
 # a leading or trailing "/", an empty component ("//"), or a "." / ".." component.  \Z, not $,
@@ -36,6 +36,33 @@ def path_problem(raw: bytes) -> str | None:
         raw.decode("utf-8")
     except UnicodeDecodeError:
         return "path is not valid UTF-8"
+    return None
+
+
+def first_bad_path(paths: list[bytes]) -> tuple[int, str] | None:
+    """``(position, problem)`` of the first invalid path of a batch, or ``None``.
+
+    The common all-valid case runs in C: one join, three searches, one decode. With NUL turned
+    into "/" and "/" around the whole run, every structural fault of any path (empty path,
+    leading or trailing "/", empty, "." or ".." component) shows up as "//", "/./" or "/../".
+    """
+    joined = b"\x00".join(paths)
+    ok = joined.count(0) == len(paths) - 1
+    if ok:
+        run = b"/" + joined.replace(b"\x00", b"/") + b"/"
+        ok = b"//" not in run and b"/./" not in run and b"/../" not in run
+    if ok:
+        try:
+            joined.decode("utf-8")
+        except UnicodeDecodeError:
+            ok = False
+    if ok:
+        return None
+    # Slow path, only on the way to an error: find the first offending path.
+    for i, raw in enumerate(paths):
+        problem = path_problem(raw)
+        if problem is not None:
+            return i, problem
     return None
 
 
