@@ -1,0 +1,423 @@
+"""Argument parsing, dispatch and the error policy of the ``blobfs`` command.
+
+Error policy (STYLE rule 9): a user mistake or a :class:`~blobfs.errors.BlobfsError` becomes one
+line ``blobfs: error: <message>`` on stderr and exit status 1; usage errors exit 2 (argparse);
+Ctrl-C exits 130 without a word; a closed stdout (``blobfs cat ... | head``) exits 141 quietly.
+A traceback is printed only with ``-vv`` or ``BLOBFS_DEBUG=1``.
+
+Global options are accepted before and after the subcommand (``blobfs --output json ls A`` and
+``blobfs ls A --output json``): each subparser carries its own copy under a separate ``dest``,
+merged in :func:`_settings`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Final
+
+from .. import __version__
+from ..core import CHUNK_SIZE_MAX, CHUNK_SIZE_MIN, DEFAULT_MAX_FILE_SIZE
+from ..errors import BlobfsError
+from ._archive_cmds import cmd_cat, cmd_inspect, cmd_ls, cmd_tree, cmd_verify
+from ._common import DEFAULT_DATA_NAME, DEFAULT_INDEX_NAME, Ctx, add_archive_options
+from ._cp import cmd_cp
+from ._create_cmd import cmd_create
+from ._output import CliError, Output, OutputMode, parse_size
+
+__all__ = ["EXIT_BROKEN_PIPE", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_USAGE", "main"]
+
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
+"""128 + SIGINT, what a shell reports for a program killed by Ctrl-C."""
+EXIT_BROKEN_PIPE: Final = 141
+"""128 + SIGPIPE, what ``cat`` reports when its reader went away."""
+
+ZSTD_MAX_LEVEL: Final = 22
+"""zstd's highest standard level (``zstandard.MAX_COMPRESSION_LEVEL``)."""
+
+Handler = Callable[[argparse.Namespace, Ctx], int]
+
+log = logging.getLogger("blobfs.cli")
+
+_EPILOG = """\
+exit status: 0 ok, 1 error (including failed verification), 2 usage error,
+130 interrupted, 141 output pipe closed.
+Set BLOBFS_DEBUG=1 (or pass -vv) to see tracebacks."""
+
+
+# ------------------------------------------------------------------------------------- parsing
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _chunk_size_arg(text: str) -> int:
+    n = _size_arg(text)
+    if n and (n & (n - 1) or not CHUNK_SIZE_MIN <= n <= CHUNK_SIZE_MAX):
+        raise argparse.ArgumentTypeError(
+            f"chunk size must be 0 (no chunk tables) or a power of two from "
+            f"{CHUNK_SIZE_MIN >> 10}K to {CHUNK_SIZE_MAX >> 20}M, not {text!r}"
+        )
+    return n
+
+
+def _zstd_level_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= n <= ZSTD_MAX_LEVEL:
+        raise argparse.ArgumentTypeError(f"zstd level must be 1 to {ZSTD_MAX_LEVEL}, not {n}")
+    return n
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {n}")
+    return n
+
+
+def _add_global_options(parser: argparse.ArgumentParser, suffix: str) -> None:
+    g = parser.add_argument_group("global options")
+    g.add_argument(
+        "--output",
+        choices=("text", "json"),
+        dest="output" + suffix,
+        default=None,
+        help="result format on stdout (default: text)",
+    )
+    g.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        dest="quiet" + suffix,
+        default=False,
+        help="no summaries, warnings or progress bars",
+    )
+    g.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        dest="verbose" + suffix,
+        default=0,
+        help="log more (-v info, -vv debug and tracebacks)",
+    )
+    g.add_argument(
+        "--max-file-size",
+        type=_size_arg,
+        metavar="SIZE",
+        dest="max_file_size" + suffix,
+        default=None,
+        help="whole-file read limit (default 256M; 0 = unlimited)",
+    )
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="blobfs",
+        description="Create, list, read, extract and verify blobfs archives "
+        "(an index blob + a data blob).",
+        epilog=_EPILOG,
+        formatter_class=_Formatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"blobfs {__version__}")
+    _add_global_options(parser, "")
+
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    _add_global_options(common, "_sub")
+    with_archive = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    add_archive_options(with_archive)
+
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(
+        name: str,
+        handler: Handler,
+        help_text: str,
+        usage: str,
+        *,
+        archive: bool = True,
+        add_help: bool = True,
+    ) -> argparse.ArgumentParser:
+        parents = [common, with_archive] if archive else [common]
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            usage=f"blobfs {name} {usage}",
+            parents=parents,
+            add_help=add_help,
+            epilog=_EPILOG,
+            formatter_class=_Formatter,
+            allow_abbrev=False,
+        )
+        if not add_help:
+            p.add_argument("--help", action="help", help="show this help message and exit")
+        p.set_defaults(handler=handler, parser=p)
+        return p
+
+    # create
+    p = add(
+        "create",
+        cmd_create,
+        "archive the directory tree SRC into DEST/index.blob + DEST/data.blob",
+        "[options] SRC DEST",
+        archive=False,
+    )
+    p.add_argument("src", metavar="SRC", help="directory to archive")
+    p.add_argument("dest", metavar="DEST", help="directory to write the two blobs into")
+    p.add_argument(
+        "-c",
+        "--compression",
+        choices=("zstd", "none"),
+        default="zstd",
+        help="per-file compression (default: zstd, as blob-cli push)",
+    )
+    p.add_argument(
+        "--no-skip-compressed",
+        action="store_true",
+        help="compress every file; by default files under 1 KiB and already-compressed "
+        "formats (.gz, .jpg, .zip, ...) are stored raw",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="strict change detection: fail if a file is replaced or modified while archived",
+    )
+    p.add_argument(
+        "--max-files",
+        type=_positive_int,
+        default=200_000,
+        metavar="N",
+        help="refuse trees with more than N regular files (default 200000; 0 = no limit)",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=_chunk_size_arg,
+        default=None,
+        metavar="SIZE",
+        help="chunk size for random access to big files, e.g. 1M (default), 64K; "
+        "0 writes no chunk tables (plain v1 entries)",
+    )
+    p.add_argument(
+        "--zstd-level",
+        type=_zstd_level_arg,
+        default=None,
+        metavar="N",
+        help="zstd level 1-22 (default 3)",
+    )
+    p.add_argument(
+        "--index-name",
+        default=DEFAULT_INDEX_NAME,
+        metavar="NAME",
+        help=f"file name of the index blob (default {DEFAULT_INDEX_NAME})",
+    )
+    p.add_argument(
+        "--data-name",
+        default=DEFAULT_DATA_NAME,
+        metavar="NAME",
+        help=f"file name of the data blob (default {DEFAULT_DATA_NAME})",
+    )
+    p.add_argument("-f", "--force", action="store_true", help="replace an existing archive")
+
+    archive_help = "ARCHIVE is a directory holding index.blob and data.blob"
+
+    # ls
+    p = add(
+        "ls",
+        cmd_ls,
+        "list a directory of the archive (or one file)",
+        "[-l] [-h] [--digest] (ARCHIVE | --index FILE --data FILE) [PATH]",
+        add_help=False,
+    )
+    p.add_argument("positionals", nargs="*", metavar="[ARCHIVE] [PATH]", help=archive_help)
+    p.add_argument("-l", "--long", action="store_true", help="mode, size, mtime and name")
+    p.add_argument("-h", "--human", action="store_true", help="sizes as 1.5 KiB, 3.0 MiB")
+    p.add_argument("--digest", action="store_true", help="with -l: a short SHA-256 column")
+
+    # tree
+    p = add(
+        "tree",
+        cmd_tree,
+        "draw the directory tree of the archive",
+        "[-L N] [--dirsfirst] (ARCHIVE | --index FILE --data FILE) [PATH]",
+    )
+    p.add_argument("positionals", nargs="*", metavar="[ARCHIVE] [PATH]", help=archive_help)
+    p.add_argument(
+        "-L", "--level", type=_positive_int, default=0, metavar="N", help="depth (0 = all)"
+    )
+    p.add_argument("--dirsfirst", action="store_true", help="list directories before files")
+
+    # cat
+    p = add(
+        "cat",
+        cmd_cat,
+        "write files of the archive to stdout, verified",
+        "(ARCHIVE | --index FILE --data FILE) PATH...",
+    )
+    p.add_argument("positionals", nargs="*", metavar="[ARCHIVE] PATH", help=archive_help)
+
+    # cp
+    p = add(
+        "cp",
+        cmd_cp,
+        "extract files or directories (verified, atomic, confined to DEST)",
+        "[-r] [--preserve] [-f] ARCHIVE:/PATH... DEST\n"
+        "       blobfs cp [-r] [--preserve] [-f] --index FILE --data FILE PATH... DEST",
+    )
+    p.add_argument(
+        "positionals",
+        nargs="*",
+        metavar="SOURCE... DEST",
+        help="sources ARCHIVE:/PATH (plain PATH with --index/--data), then the destination",
+    )
+    p.add_argument("-r", "--recursive", action="store_true", help="copy directories")
+    p.add_argument("--preserve", action="store_true", help="apply archived mode bits and mtime")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite existing files")
+
+    # verify
+    p = add(
+        "verify",
+        cmd_verify,
+        "check every file (and the data blob digest) against the index",
+        "(ARCHIVE | --index FILE --data FILE)",
+    )
+    p.add_argument("positionals", nargs="*", metavar="ARCHIVE", help=archive_help)
+
+    # inspect
+    p = add(
+        "inspect",
+        cmd_inspect,
+        "show archive statistics and format details",
+        "(ARCHIVE | --index FILE --data FILE)",
+    )
+    p.add_argument("positionals", nargs="*", metavar="ARCHIVE", help=archive_help)
+    return parser
+
+
+# ------------------------------------------------------------------------------------- running
+
+
+def _settings(args: argparse.Namespace) -> tuple[Ctx, int]:
+    output: OutputMode = args.output_sub or args.output or "text"
+    quiet = bool(args.quiet or args.quiet_sub)
+    verbose = int(args.verbose) + int(args.verbose_sub)
+    mfs = args.max_file_size_sub if args.max_file_size_sub is not None else args.max_file_size
+    ctx = Ctx(
+        Output(output, quiet),
+        DEFAULT_MAX_FILE_SIZE if mfs is None else mfs,
+        verbose,
+    )
+    return ctx, verbose
+
+
+class _LogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"blobfs: {record.levelname.lower()}: {record.getMessage()}"
+
+
+@contextmanager
+def _logging(verbose: int, quiet: bool) -> Iterator[None]:
+    """Log records of ``blobfs.*`` to stderr for the duration of one command."""
+    logger = logging.getLogger("blobfs")
+    if quiet:
+        level = logging.ERROR
+    elif verbose >= 2:
+        level = logging.DEBUG
+    elif verbose == 1:
+        level = logging.INFO
+    else:
+        level = logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormatter())
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def _exit_code(e: SystemExit) -> int:
+    if e.code is None:
+        return 0
+    if isinstance(e.code, int):
+        return e.code
+    sys.stderr.write(f"{e.code}\n")
+    return EXIT_ERROR
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, (BlobfsError, CliError)):
+        return str(e)
+    if isinstance(e, OSError):
+        if e.strerror and e.filename is not None:
+            target = f" -> {e.filename2}" if e.filename2 is not None else ""
+            return f"{e.filename}{target}: {e.strerror}"
+        return e.strerror or str(e)
+    return f"internal error: {type(e).__name__}: {e}"
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null so the interpreter's final flush cannot raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``blobfs`` command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    debug = os.environ.get("BLOBFS_DEBUG", "") not in ("", "0")
+    verbose = 0
+    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:
+            return _exit_code(e)
+        ctx, verbose = _settings(args)
+        handler: Handler = args.handler
+        with _logging(verbose, ctx.out.quiet):
+            return handler(args, ctx)
+    except SystemExit as e:  # usage errors found by a handler (parser.error)
+        return _exit_code(e)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except Exception as e:
+        expected = isinstance(e, (BlobfsError, CliError, OSError))
+        if debug or verbose >= 2:
+            traceback.print_exception(e, file=sys.stderr)
+        message = _describe(e)
+        if not expected and not debug and verbose < 2:
+            message += " (run with -vv or BLOBFS_DEBUG=1 for a traceback)"
+        sys.stderr.write(f"blobfs: error: {message}\n")
+        return e.exit_code if isinstance(e, CliError) else EXIT_ERROR

@@ -1,0 +1,241 @@
+"""The archive reader: an index plus a byte source, every byte verified before it is returned.
+
+:class:`Archive` answers metadata from the in-memory :class:`~blobfs.core.Index` and reads
+content through the step algorithms of ``_steps.py``/``_file.py``/``_verify.py``, driven by
+``source.read_at`` (sync API) or ``await source.aread_at`` (async API, trio or asyncio). The
+sync and async methods are twins over the same algorithms, not two implementations.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Final, Self
+
+from ..errors import FileTooLarge, SourceError
+from ._file import ArchiveFile, AsyncArchiveFile
+from ._index import Index
+from ._source import ByteSource, FileSource
+from ._steps import VerifyProgress, arun_steps, read_whole_steps, run_steps
+from ._types import DirEntry, DirInfo, Entry
+from ._verify import VerifyReport, verify_steps
+
+__all__ = ["DEFAULT_MAX_FILE_SIZE", "Archive", "BlobFile", "open_file"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_FILE_SIZE: Final = 256 << 20
+"""Whole-file reads hold the file in memory; 256 MiB is the Go reference's default limit
+(``file.DefaultMaxFileSize``). Streaming through :meth:`Archive.open` has no limit."""
+
+
+class Archive:
+    """A read-only archive: a validated index and the data blob's byte source.
+
+    Metadata calls (``stat``, ``listdir``, ``walk``, ...) never touch the source. Content calls
+    fetch only what they need and verify it: :meth:`read_file` checks the whole-file SHA-256,
+    :meth:`open` verifies per chunk (chunked entries) or the whole file on first read (v1
+    entries). Integrity failures raise :class:`~blobfs.errors.IntegrityError` (or its subclass
+    :class:`~blobfs.errors.HashMismatch`) naming the path; source failures raise
+    :class:`~blobfs.errors.SourceError`.
+
+    The archive does not own ``source``: closing it is the caller's business (:class:`BlobFile`
+    owns its file).
+
+    Concurrency: an archive is immutable and may be used from any number of threads and tasks at
+    once (provided its source allows concurrent reads, as every blobfs source does). File objects
+    from :meth:`open`/:meth:`aopen` are single-user.
+    """
+
+    __slots__ = ("_index", "_max_file_size", "_source")
+
+    def __init__(
+        self,
+        index: Index | bytes,
+        source: ByteSource,
+        *,
+        max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+    ) -> None:
+        if max_file_size < 0:
+            raise ValueError("max_file_size must be >= 0 (0 means unlimited)")
+        self._index = index if isinstance(index, Index) else Index(index)
+        self._source = source
+        self._max_file_size = max_file_size
+        if self._index.data_hash and source.size != self._index.data_size:
+            # Not fatal: files whose payload is present still read (and verify); verify()
+            # reports it.
+            logger.warning(
+                "data source %s is %d bytes, the index records data_size %d",
+                source.source_id,
+                source.size,
+                self._index.data_size,
+            )
+
+    # ------------------------------------------------------------------ metadata
+
+    @property
+    def index(self) -> Index:
+        return self._index
+
+    @property
+    def source(self) -> ByteSource:
+        return self._source
+
+    @property
+    def max_file_size(self) -> int:
+        """Default limit of :meth:`read_file` (0 = unlimited)."""
+        return self._max_file_size
+
+    def __len__(self) -> int:
+        """Number of files."""
+        return len(self._index)
+
+    def lookup(self, path: str) -> Entry | None:
+        """The file at ``path``, or None (also for directories)."""
+        return self._index.lookup(path)
+
+    def entry(self, path: str) -> Entry:
+        """The file at ``path``; :class:`~blobfs.errors.NotFound` / ``IsADirectory`` otherwise."""
+        return self._index.entry(path)
+
+    def stat(self, path: str) -> Entry | DirInfo:
+        return self._index.stat(path)
+
+    def listdir(self, path: str = "") -> list[DirEntry]:
+        return self._index.listdir(path)
+
+    def walk(self, path: str = "") -> Iterator[Entry]:
+        return self._index.walk(path)
+
+    def exists(self, path: str) -> bool:
+        return self._index.exists(path)
+
+    def is_dir(self, path: str) -> bool:
+        return self._index.is_dir(path)
+
+    def is_file(self, path: str) -> bool:
+        return self._index.lookup(path) is not None
+
+    # ------------------------------------------------------------------ content, sync
+
+    def _whole_file_entry(self, path: str, max_file_size: int | None) -> Entry:
+        entry = self._index.entry(path)
+        limit = self._max_file_size if max_file_size is None else max_file_size
+        if limit:
+            size = max(entry.original_size, entry.data_size)
+            if size > limit:
+                raise FileTooLarge(entry.path, size, limit)
+        return entry
+
+    def read_file(self, path: str, *, max_file_size: int | None = None) -> bytes:
+        """The whole content of file ``path``, verified against its SHA-256.
+
+        Raises :class:`~blobfs.errors.FileTooLarge` when the content or its payload exceeds
+        ``max_file_size`` (default: the archive's; 0 = unlimited), before fetching anything.
+        """
+        entry = self._whole_file_entry(path, max_file_size)
+        return run_steps(read_whole_steps(entry, self._source.size), self._source)
+
+    def open(self, path: str) -> ArchiveFile:
+        """A seekable binary file object over file ``path`` (no size limit)."""
+        return ArchiveFile(self._index.entry(path), self._source)
+
+    def verify(self, progress: Callable[[VerifyProgress], object] | None = None) -> VerifyReport:
+        """Check the data blob against ``data_size``/``data_hash`` and every file against its
+        hashes, collecting failures instead of stopping at the first (see ``_verify.py``).
+
+        ``progress`` is called (in the calling thread) with a :class:`VerifyProgress` as the
+        work advances.
+        """
+        return run_steps(verify_steps(self._index, self._source.size), self._source, progress)
+
+    # ------------------------------------------------------------------ content, async
+
+    async def aread_file(self, path: str, *, max_file_size: int | None = None) -> bytes:
+        """Async twin of :meth:`read_file`."""
+        entry = self._whole_file_entry(path, max_file_size)
+        return await arun_steps(read_whole_steps(entry, self._source.size), self._source)
+
+    async def aopen(self, path: str) -> AsyncArchiveFile:
+        """Async twin of :meth:`open`.
+
+        ``async with await archive.aopen(path) as f: data = await f.read()``
+        """
+        return AsyncArchiveFile(self._index.entry(path), self._source)
+
+    async def averify(
+        self, progress: Callable[[VerifyProgress], object] | None = None
+    ) -> VerifyReport:
+        """Async twin of :meth:`verify`; ``progress`` is called in the calling task."""
+        steps = verify_steps(self._index, self._source.size)
+        return await arun_steps(steps, self._source, progress)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} files={len(self._index)} source={self._source!r}>"
+
+
+class BlobFile(Archive):
+    """An archive read from local ``index`` and ``data`` files; owns (and closes) the data file.
+
+    Concurrency: as :class:`Archive`; :meth:`close` must not race reads.
+    """
+
+    __slots__ = ("_file_source",)
+
+    def __init__(
+        self,
+        index: Index | bytes,
+        source: FileSource,
+        *,
+        max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+    ) -> None:
+        super().__init__(index, source, max_file_size=max_file_size)
+        self._file_source = source
+
+    @property
+    def data_path(self) -> str:
+        return self._file_source.path
+
+    def close(self) -> None:
+        """Close the data file; idempotent. Reads afterwards raise SourceError."""
+        self._file_source.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_file(
+    index_path: str | os.PathLike[str],
+    data_path: str | os.PathLike[str],
+    *,
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+) -> BlobFile:
+    """Open a local archive (``index.blob`` + ``data.blob``).
+
+    The index is validated on open (:class:`~blobfs.errors.CorruptIndex`); a missing or
+    unreadable file raises :class:`~blobfs.errors.SourceError` naming it. The data source's id is
+    ``"sha256:<data_hash>"`` when the index records the data hash, like the Go reference.
+    """
+    path = os.path.abspath(os.fspath(index_path))
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise SourceError(f"{path}: cannot read index file: {e.strerror or e}") from e
+    index = Index(raw)
+    source = FileSource(data_path, data_hash=index.data_hash or None)
+    try:
+        return BlobFile(index, source, max_file_size=max_file_size)
+    except BaseException:
+        source.close()
+        raise
