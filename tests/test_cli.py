@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from blobfs.cli import main
-from blobfs.cli._output import human_size, parse_size
+from blobfs.cli._output import format_mode, human_size, parse_size
 from blobfs.cli._progress import ProgressBar
 from blobfs.core import Index
 
@@ -94,11 +94,8 @@ def archive(tmp_path: Path, src_tree: Path) -> Path:
 
 @pytest.fixture
 def reference() -> Path:
-    """The Go reference's archives: the repo copy if present, else the shared one."""
-    for p in (REPO / "tests/fixtures/reference-v1", Path("/work/shared/fixtures/reference-v1")):
-        if (p / "mixed-expected.json").is_file():
-            return p
-    pytest.skip("reference-v1 fixtures not found")
+    """The Go reference's archives (copied into the repository)."""
+    return REPO / "tests/fixtures/reference-v1"
 
 
 def expected_files(reference: Path, name: str) -> list[dict[str, Any]]:
@@ -719,6 +716,25 @@ def test_reference_cp_preserve(
         st = p.stat()
         assert st.st_mode & 0o777 == f["mode"] & 0o777
         assert st.st_mtime_ns == f["mtime_ns"]
+
+
+@pytest.mark.parametrize("name", ["mixed-none", "mixed-zstd", "mixed-allzstd"])
+def test_reference_metadata_through_ls(
+    reference: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every expected file is listed by its directory with its size, mode, mtime, owner, digest."""
+    expected = expected_files(reference, "mixed-expected.json")
+    listed: dict[str, dict[str, Any]] = {}
+    for parent in sorted({f["path"].rpartition("/")[0] for f in expected}):
+        doc = run_json(capsys, "ls", "-l", str(reference / name), parent or "/")
+        listed.update({e["path"]: e for e in doc["entries"] if not e["is_dir"]})
+    assert sorted(listed) == sorted(f["path"] for f in expected)
+    for f in expected:
+        e = listed[f["path"]]
+        assert e["size"] == f["size"]
+        assert e["mode"] == format_mode(0o100000 | f["mode"])
+        assert (e["mtime_ns"], e["uid"], e["gid"]) == (f["mtime_ns"], f["uid"], f["gid"])
+        assert e["digest"] == "sha256:" + f["sha256"]
 
 
 def test_reference_wide_ls_and_tree(reference: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -112,6 +112,8 @@ def _ls_json(r: _Row) -> dict[str, Any]:
             "size": 0,
             "mode": format_mode(item.st_mode),
             "mtime_ns": None,
+            "uid": None,
+            "gid": None,
             "digest": None,
         }
     return {
@@ -121,6 +123,8 @@ def _ls_json(r: _Row) -> dict[str, Any]:
         "size": item.size,
         "mode": format_mode(item.st_mode),
         "mtime_ns": item.mtime_ns,
+        "uid": item.uid,
+        "gid": item.gid,
         "digest": _digest(item, short=False),
     }
 
