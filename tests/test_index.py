@@ -339,3 +339,24 @@ def test_any_tree_round_trips(paths: set[str]) -> None:
         pre = d + "/" if d else ""
         expect = {p[len(pre) :].split("/")[0] for p in tree if p.startswith(pre)}
         assert {c.name for c in idx.listdir(d)} == expect
+
+
+def test_huge_unsigned_fields_decode_exactly() -> None:
+    """uint64 fields above 2**63 (no data_size recorded to bound them) keep their value."""
+    big = entry("a", 2**63 + 5, 0, original_size=2**64 - 1, compression=Compression.ZSTD)
+    data = bytearray(encode_index([big, entry("b")], data_size=0, data_hash=DIGEST))
+    # Drop data_hash from the index table so the payload bound is not checked.
+    struct.pack_into("<H", data, _index_vtable(bytes(data)) + 4 + 2 * 4, 0)
+    idx = Index(bytes(data))
+    assert not idx.data_hash
+    walked = next(iter(idx.walk()))
+    looked = idx.lookup("a")
+    assert looked is not None
+    for e in (walked, looked):
+        assert e.data_offset == 2**63 + 5
+        assert e.original_size == 2**64 - 1
+
+
+def _index_vtable(data: bytes) -> int:
+    root = struct.unpack_from("<I", data, 0)[0]
+    return int(root - struct.unpack_from("<i", data, root)[0])

@@ -58,6 +58,8 @@ class Gather:
         self.views = {w: np.frombuffer(buf, dtype=f"<u{w}", count=len(buf) // w) for w in (2, 4, 8)}
 
     def __call__(self, pos: IntArray, width: int) -> npt.NDArray[np.int64]:
+        """Values as int64 for index arithmetic: a uint64 above 2**63 wraps negative, and
+        ``.astype(np.uint64)`` restores it exactly."""
         if width > 1 and not (pos % width).any():
             return self.views[width][pos // width].astype(np.int64)
         b = self.b
@@ -247,7 +249,7 @@ class EntryDecoder:
         """The entries whose tables and path bounds are given, decoded together.
 
         The same gathers as validation, then Entry tuples built by ``map``/``zip`` in C: about
-        five times cheaper per entry than :meth:`_decode`, which is what keeps ``walk`` of a
+        five times cheaper per entry than :meth:`decode`, which is what keeps ``walk`` of a
         million entries within seconds.
         """
         buf, g = self.buf, self.gather
@@ -276,9 +278,9 @@ class EntryDecoder:
                 _ENTRY_NEW,
                 zip(
                     paths,
-                    field(E_DATA_OFFSET, 8).tolist(),
-                    field(E_DATA_SIZE, 8).tolist(),
-                    field(E_ORIGINAL_SIZE, 8).tolist(),
+                    field(E_DATA_OFFSET, 8).astype(np.uint64).tolist(),
+                    field(E_DATA_SIZE, 8).astype(np.uint64).tolist(),
+                    field(E_ORIGINAL_SIZE, 8).astype(np.uint64).tolist(),
                     digests,
                     (field(E_MODE, 4) & 0o777).tolist(),
                     field(E_UID, 4).tolist(),

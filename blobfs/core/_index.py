@@ -309,7 +309,11 @@ class Index:
                 raise NotADirectory(path, "is a file")
             raise NotFound(path, "no such directory in the archive")
         entries = self._decode_many(np.asarray(files, dtype=np.int64))
-        # Sort on the name bytes; the full-path order differs when a name holds a byte < "/".
+        if not dirs:
+            # Files alone come in name order already (same prefix, no "/" in a name).
+            return list(map(_DIRENTRY_NEW, zip(map(bytes.decode, names), repeat(False), entries)))
+        # With subdirectories, full-path order differs from name order where a name holds a
+        # byte below "/" ("a-b" < "a.txt" < "a/..."): sort on the name bytes.
         keyed = [*zip(names, repeat(False), entries), *zip(dirs, repeat(True), repeat(None))]
         keyed.sort(key=_FIRST)
         return [_DIRENTRY_NEW((n.decode("utf-8"), d, e)) for n, d, e in keyed]
