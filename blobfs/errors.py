@@ -17,6 +17,7 @@ Each error carries what a user needs to act on it: the path, the expected and ac
     │   └── HashMismatch        SHA-256 of a file or chunk differs from the index
     ├── FileTooLarge            a whole-file read exceeds ``max_file_size``
     ├── SourceError             the data source failed (I/O error, short read, out of range)
+    │   └── HttpError           an HTTP source failed: status, malformed answer, network
     └── CreateError             creating an archive failed
         ├── TooManyFiles        more regular files than ``max_files``
         └── FileChanged         a source file changed while it was archived
@@ -32,6 +33,7 @@ __all__ = [
     "FileChanged",
     "FileTooLarge",
     "HashMismatch",
+    "HttpError",
     "IntegrityError",
     "InvalidPath",
     "IsADirectory",
@@ -108,6 +110,29 @@ class FileTooLarge(BlobfsError):
 
 class SourceError(BlobfsError):
     """Reading the data blob failed: I/O error, short read, range outside the blob."""
+
+
+class HttpError(SourceError):
+    """An HTTP byte source failed: an error status, a malformed answer, or the network.
+
+    ``url`` is the URL as given to the source with any query string and user info replaced by
+    ``…`` (presigned URLs carry credentials there); header values never appear in the message.
+    ``status`` is the last HTTP status (None for a network failure or a malformed answer to a
+    good status), ``attempts`` how many requests were made before giving up.
+    """
+
+    def __init__(
+        self, url: str, message: str, *, status: int | None = None, attempts: int = 1
+    ) -> None:
+        text = f"{url}: {message}"
+        if status is not None:
+            text += f" (HTTP {status})"
+        if attempts > 1:
+            text += f", after {attempts} attempts"
+        super().__init__(text)
+        self.url = url
+        self.status = status
+        self.attempts = attempts
 
 
 class CreateError(BlobfsError):

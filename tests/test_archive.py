@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blobfs.core import (
+    DEFAULT_MAX_FILE_SIZE,
     Archive,
     ArchiveFile,
     BlobFile,
@@ -130,8 +131,8 @@ class Built:
     entries: dict[str, Entry]
     contents: dict[str, bytes]
 
-    def archive(self, **kw: int) -> Archive:
-        return Archive(self.index, BytesSource(self.data), **kw)
+    def archive(self, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> Archive:
+        return Archive(self.index, BytesSource(self.data), max_file_size=max_file_size)
 
 
 def build(specs: Iterable[Spec], *, data_size: int | None = None) -> Built:

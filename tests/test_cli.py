@@ -282,6 +282,8 @@ def test_ls_json(
         "size": len(content["bin/tool.sh"]),
         "mode": "-rwxr-xr-x",
         "mtime_ns": MTIME_NS,
+        "uid": os.getuid(),
+        "gid": os.getgid(),
         "digest": "sha256:" + sha256(content["bin/tool.sh"]),
     }
     doc = run_json(capsys, "ls", str(archive))

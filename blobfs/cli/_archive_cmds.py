@@ -346,7 +346,7 @@ def cmd_inspect(args: argparse.Namespace, ctx: Ctx) -> int:
             "file_count": len(index),
             "directory_count": index.dir_count,
             "total_size": total,
-            "data_size": index.data_size if index.data_hash else spec.data.stat().st_size,
+            "data_size": index.data_size if index.data_hash else ar.source.size,
             "stored_size": stored,
             "compression_ratio": round(total / stored, 3) if stored else None,
             "compression": dict(by_comp),

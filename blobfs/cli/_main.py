@@ -20,12 +20,14 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Final
 
 from .. import __version__
 from ..core import CHUNK_SIZE_MAX, CHUNK_SIZE_MIN, DEFAULT_MAX_FILE_SIZE
 from ..errors import BlobfsError
 from ._archive_cmds import cmd_cat, cmd_inspect, cmd_ls, cmd_tree, cmd_verify
+from ._cache_cmds import cmd_cache
 from ._common import DEFAULT_DATA_NAME, DEFAULT_INDEX_NAME, Ctx, add_archive_options
 from ._cp import cmd_cp
 from ._create_cmd import cmd_create
@@ -117,6 +119,20 @@ def _add_global_options(parser: argparse.ArgumentParser, suffix: str) -> None:
         dest="verbose" + suffix,
         default=0,
         help="log more (-v info, -vv debug and tracebacks)",
+    )
+    g.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        dest="cache_dir" + suffix,
+        default=None,
+        help="cache root for remote archives (default $XDG_CACHE_HOME/blobfs)",
+    )
+    g.add_argument(
+        "--no-cache",
+        action="store_true",
+        dest="no_cache" + suffix,
+        default=False,
+        help="read remote archives without the content and block caches",
     )
     g.add_argument(
         "--max-file-size",
@@ -313,6 +329,24 @@ def build_parser() -> argparse.ArgumentParser:
         "(ARCHIVE | --index FILE --data FILE)",
     )
     p.add_argument("positionals", nargs="*", metavar="ARCHIVE", help=archive_help)
+
+    # cache
+    p = add(
+        "cache",
+        cmd_cache,
+        "show, locate, prune or clear the caches of remote archives",
+        "{status,path,prune,clear} [content|blocks|all] [--max-size SIZE]",
+        archive=False,
+    )
+    p.add_argument("action", choices=("status", "path", "prune", "clear"))
+    p.add_argument("kind", nargs="?", choices=("content", "blocks", "all"), default=None)
+    p.add_argument(
+        "--max-size",
+        type=_size_arg,
+        metavar="SIZE",
+        default=None,
+        help="prune: shrink each cache to SIZE (default: its configured limit)",
+    )
     return parser
 
 
@@ -324,10 +358,13 @@ def _settings(args: argparse.Namespace) -> tuple[Ctx, int]:
     quiet = bool(args.quiet or args.quiet_sub)
     verbose = int(args.verbose) + int(args.verbose_sub)
     mfs = args.max_file_size_sub if args.max_file_size_sub is not None else args.max_file_size
+    cache_dir = args.cache_dir_sub or args.cache_dir
     ctx = Ctx(
         Output(output, quiet),
         DEFAULT_MAX_FILE_SIZE if mfs is None else mfs,
         verbose,
+        cache_dir=Path(cache_dir) if cache_dir else None,
+        use_cache=not (args.no_cache or args.no_cache_sub),
     )
     return ctx, verbose
 

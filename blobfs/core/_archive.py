@@ -4,6 +4,11 @@
 content through the step algorithms of ``_steps.py``/``_file.py``/``_verify.py``, driven by
 ``source.read_at`` (sync API) or ``await source.aread_at`` (async API, trio or asyncio). The
 sync and async methods are twins over the same algorithms, not two implementations.
+
+Two optional caches sit on the read path (ARCHITECTURE.md section 3): a block cache wraps the
+source (raw, still unverified blob bytes), and a content cache holds verified content keyed by
+its SHA-256 (``_content.py``), consulted and filled by every content read except
+:meth:`Archive.verify`.
 """
 
 from __future__ import annotations
@@ -12,15 +17,20 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Final, Self
+from typing import TYPE_CHECKING, Final, Self
 
 from ..errors import FileTooLarge, SourceError
+from ._content import ContentCache
 from ._file import ArchiveFile, AsyncArchiveFile
 from ._index import Index
+from ._prefetch import ReadaheadPool
 from ._source import ByteSource, FileSource
 from ._steps import VerifyProgress, arun_steps, read_whole_steps, run_steps
 from ._types import DirEntry, DirInfo, Entry
 from ._verify import VerifyReport, verify_steps
+
+if TYPE_CHECKING:
+    from .cache import BlockCache, Cache
 
 __all__ = ["DEFAULT_MAX_FILE_SIZE", "Archive", "BlobFile", "open_file"]
 
@@ -41,27 +51,50 @@ class Archive:
     :class:`~blobfs.errors.HashMismatch`) naming the path; source failures raise
     :class:`~blobfs.errors.SourceError`.
 
-    The archive does not own ``source``: closing it is the caller's business (:class:`BlobFile`
-    owns its file).
+    Options:
 
-    Concurrency: an archive is immutable and may be used from any number of threads and tasks at
-    once (provided its source allows concurrent reads, as every blobfs source does). File objects
-    from :meth:`open`/:meth:`aopen` are single-user.
+    - ``cache``: a content cache (:class:`~blobfs.core.cache.Cache`, any implementation). Every
+      content read looks there first and stores what it verified: v1 entries under their
+      whole-file ``hash``, chunked entries chunk by chunk under their chunk hashes (whole-file
+      reads too, so they share entries with random reads). Cached content is verified again
+      before use; a corrupt entry is deleted (WARNING) and the content refetched from the
+      source. Cache failures never fail a read. Keys are content digests, so archives sharing
+      a cache share identical files.
+    - ``block_cache``: the source is read through ``block_cache.wrap(source)`` (default block
+      size and ``max_blocks_per_read``); :attr:`source` is then the wrapped source.
+    - ``readahead``: sequential readers of chunked entries get large ranges loaded and verified
+      ahead of them in a small thread pool (``_prefetch.py``), created on first use and shut
+      down by :meth:`close`; False reads only what each call asks for.
+    - ``max_file_size``: the default limit of :meth:`read_file`.
+
+    The archive does not own ``source``: closing it is the caller's business (:class:`BlobFile`
+    owns its file). :meth:`close` (or ``with``) stops the readahead threads; an archive used
+    after it still reads, without readahead.
+
+    Concurrency: an archive may be used from any number of threads and tasks at once (provided
+    its source allows concurrent reads, as every blobfs source must, including from the
+    readahead threads). File objects from :meth:`open`/:meth:`aopen` are single-user.
+    :meth:`close` must not race reads.
     """
 
-    __slots__ = ("_index", "_max_file_size", "_source")
+    __slots__ = ("_cache", "_index", "_max_file_size", "_pool", "_source")
 
     def __init__(
         self,
         index: Index | bytes,
         source: ByteSource,
         *,
+        cache: Cache | None = None,
+        block_cache: BlockCache | None = None,
+        readahead: bool = True,
         max_file_size: int = DEFAULT_MAX_FILE_SIZE,
     ) -> None:
         if max_file_size < 0:
             raise ValueError("max_file_size must be >= 0 (0 means unlimited)")
         self._index = index if isinstance(index, Index) else Index(index)
-        self._source = source
+        self._source = source if block_cache is None else block_cache.wrap(source)
+        self._cache = ContentCache.of(cache)
+        self._pool = ReadaheadPool() if readahead else None
         self._max_file_size = max_file_size
         if self._index.data_hash and source.size != self._index.data_size:
             # Not fatal: files whose payload is present still read (and verify); verify()
@@ -81,7 +114,30 @@ class Archive:
 
     @property
     def source(self) -> ByteSource:
+        """The source reads go through (the block-cache wrapper when one is configured)."""
         return self._source
+
+    @property
+    def cache(self) -> Cache | None:
+        """The content cache, or None."""
+        return None if self._cache is None else self._cache.cache
+
+    def close(self) -> None:
+        """Stop the readahead threads (queued groups are dropped); idempotent. Does not close
+        the source. Reads afterwards still work, without readahead."""
+        if self._pool is not None:
+            self._pool.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     @property
     def max_file_size(self) -> int:
@@ -134,20 +190,26 @@ class Archive:
 
         Raises :class:`~blobfs.errors.FileTooLarge` when the content or its payload exceeds
         ``max_file_size`` (default: the archive's; 0 = unlimited), before fetching anything.
+        With a content cache, cached content serves the read (after verification) and fetched
+        content is stored (see the class docstring for the keys).
         """
         entry = self._whole_file_entry(path, max_file_size)
-        return run_steps(read_whole_steps(entry, self._source.size), self._source)
+        steps = read_whole_steps(entry, self._source.size, self._cache)
+        return run_steps(steps, self._source)
 
     def open(self, path: str) -> ArchiveFile:
         """A seekable binary file object over file ``path`` (no size limit)."""
-        return ArchiveFile(self._index.entry(path), self._source)
+        return ArchiveFile(
+            self._index.entry(path), self._source, cache=self._cache, pool=self._pool
+        )
 
     def verify(self, progress: Callable[[VerifyProgress], object] | None = None) -> VerifyReport:
         """Check the data blob against ``data_size``/``data_hash`` and every file against its
         hashes, collecting failures instead of stopping at the first (see ``_verify.py``).
 
-        ``progress`` is called (in the calling thread) with a :class:`VerifyProgress` as the
-        work advances.
+        Always reads the source, never the content cache: it checks the archive, not the cache
+        (which is neither consulted nor filled). ``progress`` is called (in the calling thread)
+        with a :class:`VerifyProgress` as the work advances.
         """
         return run_steps(verify_steps(self._index, self._source.size), self._source, progress)
 
@@ -156,19 +218,22 @@ class Archive:
     async def aread_file(self, path: str, *, max_file_size: int | None = None) -> bytes:
         """Async twin of :meth:`read_file`."""
         entry = self._whole_file_entry(path, max_file_size)
-        return await arun_steps(read_whole_steps(entry, self._source.size), self._source)
+        steps = read_whole_steps(entry, self._source.size, self._cache)
+        return await arun_steps(steps, self._source)
 
     async def aopen(self, path: str) -> AsyncArchiveFile:
         """Async twin of :meth:`open`.
 
         ``async with await archive.aopen(path) as f: data = await f.read()``
         """
-        return AsyncArchiveFile(self._index.entry(path), self._source)
+        entry = self._index.entry(path)
+        return AsyncArchiveFile(entry, self._source, cache=self._cache, pool=self._pool)
 
     async def averify(
         self, progress: Callable[[VerifyProgress], object] | None = None
     ) -> VerifyReport:
-        """Async twin of :meth:`verify`; ``progress`` is called in the calling task."""
+        """Async twin of :meth:`verify` (source only, never the cache); ``progress`` is called
+        in the calling task."""
         steps = verify_steps(self._index, self._source.size)
         return await arun_steps(steps, self._source, progress)
 
@@ -179,7 +244,8 @@ class Archive:
 class BlobFile(Archive):
     """An archive read from local ``index`` and ``data`` files; owns (and closes) the data file.
 
-    Concurrency: as :class:`Archive`; :meth:`close` must not race reads.
+    Options as for :class:`Archive`. Concurrency: as :class:`Archive`; :meth:`close` must not
+    race reads.
     """
 
     __slots__ = ("_file_source",)
@@ -189,9 +255,19 @@ class BlobFile(Archive):
         index: Index | bytes,
         source: FileSource,
         *,
+        cache: Cache | None = None,
+        block_cache: BlockCache | None = None,
+        readahead: bool = True,
         max_file_size: int = DEFAULT_MAX_FILE_SIZE,
     ) -> None:
-        super().__init__(index, source, max_file_size=max_file_size)
+        super().__init__(
+            index,
+            source,
+            cache=cache,
+            block_cache=block_cache,
+            readahead=readahead,
+            max_file_size=max_file_size,
+        )
         self._file_source = source
 
     @property
@@ -199,25 +275,19 @@ class BlobFile(Archive):
         return self._file_source.path
 
     def close(self) -> None:
-        """Close the data file; idempotent. Reads afterwards raise SourceError."""
+        """Stop the readahead threads and close the data file; idempotent. Reads afterwards
+        raise SourceError."""
+        super().close()
         self._file_source.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_file(
     index_path: str | os.PathLike[str],
     data_path: str | os.PathLike[str],
     *,
+    cache: Cache | None = None,
+    block_cache: BlockCache | None = None,
+    readahead: bool = True,
     max_file_size: int = DEFAULT_MAX_FILE_SIZE,
 ) -> BlobFile:
     """Open a local archive (``index.blob`` + ``data.blob``).
@@ -225,6 +295,7 @@ def open_file(
     The index is validated on open (:class:`~blobfs.errors.CorruptIndex`); a missing or
     unreadable file raises :class:`~blobfs.errors.SourceError` naming it. The data source's id is
     ``"sha256:<data_hash>"`` when the index records the data hash, like the Go reference.
+    ``cache``, ``block_cache``, ``readahead``, ``max_file_size``: as for :class:`Archive`.
     """
     path = os.path.abspath(os.fspath(index_path))
     try:
@@ -235,7 +306,14 @@ def open_file(
     index = Index(raw)
     source = FileSource(data_path, data_hash=index.data_hash or None)
     try:
-        return BlobFile(index, source, max_file_size=max_file_size)
+        return BlobFile(
+            index,
+            source,
+            cache=cache,
+            block_cache=block_cache,
+            readahead=readahead,
+            max_file_size=max_file_size,
+        )
     except BaseException:
         source.close()
         raise

@@ -3,13 +3,17 @@
 Both file classes share :class:`_FileCore`, whose read algorithm is a step generator
 (``_steps.py``) run by the sync or the async driver. Access differs by entry kind:
 
-- **chunked entries** (blobfs chunk table): a read fetches the payload of just the chunks it
-  touches (one coalesced range per window), verifies each chunk against the table, and keeps the
-  last decoded chunk so sequential small reads do not refetch it;
-- **v1 entries** (whole-file hash only): the first read streams the whole payload through the
-  verifying decoder into a spool (memory up to :data:`SPOOL_MEMORY`, then a temporary file), and
-  every read is served from that verified copy. Raw payloads are copied too: the data file could
-  change after verification, the spool cannot.
+- **chunked entries** (blobfs chunk table): a random read loads just the chunks it touches
+  (content-cache hits first, then one coalesced range per run of misses), verifies each chunk
+  against the table, and keeps the last chunk so sequential small reads do not reload it. A
+  sequential reader gets readahead (``_prefetch.py``): large ranges loaded and verified ahead of
+  it in the archive's thread pool, at most ``READAHEAD_BYTES`` per file;
+- **v1 entries** (whole-file hash only): the first read fills a spool (memory up to
+  :data:`SPOOL_MEMORY`, then a temporary file) with verified content — copied from the content
+  cache while being hashed, or else streamed from the source through the verifying decoder and
+  then offered to the cache — and every read is served from that spool. Raw payloads and cache
+  entries are copied too: the data file or the cache file could change after verification, the
+  spool cannot.
 
 No byte reaches the caller before the hash covering it matched. Streaming reads have no size
 limit (``max_file_size`` applies to whole-file reads only).
@@ -24,13 +28,17 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
 
 from ._aio import checkpoint
-from ._decode import MAX_FETCH, PayloadDecoder, check_extent, decode_chunks, plan, split_range
+from ._content import ContentCache
+from ._decode import MAX_FETCH, PayloadDecoder, check_extent, split_range
+from ._prefetch import Readahead, ReadaheadPool
 from ._source import ByteSource
-from ._steps import Steps, arun_steps, fetch, run_steps
+from ._steps import Steps, Wait, arun_steps, chunk_steps, fetch, run_steps
 from ._types import Entry
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
+
+    from .cache import Cache
 
 __all__ = ["SPOOL_MEMORY", "ArchiveFile", "AsyncArchiveFile"]
 
@@ -40,20 +48,37 @@ streaming a multi-GiB v1 file costs disk, not RAM."""
 
 
 class _FileCore:
-    """Position, caches and the read algorithm shared by the sync and async file objects.
+    """Position, kept chunk, spool, readahead window and the read algorithm shared by the sync
+    and async file objects.
 
     Not thread-safe: the owning file object serialises calls.
     """
 
-    __slots__ = ("_chunk", "_source_size", "_spool", "closed", "entry", "pos")
+    __slots__ = ("_chunk", "_content", "_ra", "_source_size", "_spool", "closed", "entry", "pos")
 
-    def __init__(self, entry: Entry, source_size: int) -> None:
+    def __init__(
+        self,
+        entry: Entry,
+        source: ByteSource,
+        cache: Cache | None,
+        pool: ReadaheadPool | None,
+    ) -> None:
         self.entry = entry
-        self._source_size = source_size
+        self._source_size = source.size
+        self._content = ContentCache.of(cache)
+        self._ra = (
+            Readahead(entry, source, self._content, pool)
+            if pool is not None and entry.chunked
+            else None
+        )
         self.pos = 0
         self.closed = False
         self._chunk: tuple[int, bytes] | None = None  # (index, verified content) of last chunk
         self._spool: tempfile.SpooledTemporaryFile[bytes] | None = None
+
+    @property
+    def readahead(self) -> Readahead | None:
+        return self._ra
 
     def seek(self, offset: int, whence: int) -> int:
         if whence == os.SEEK_SET:
@@ -77,7 +102,12 @@ class _FileCore:
             return True
         if self.entry.chunked:
             cs = self.entry.chunk_size
-            return self._chunk is not None and self._chunk[0] == start // cs == (end - 1) // cs
+            kept = self._chunk[0] if self._chunk is not None else -1
+            ra = self._ra
+            return all(
+                k == kept or (ra is not None and ra.ready(k))
+                for k in range(start // cs, (end - 1) // cs + 1)
+            )
         # A spool no bigger than SPOOL_MEMORY never rolls over to disk.
         return self._spool is not None and self.entry.original_size <= SPOOL_MEMORY
 
@@ -97,29 +127,45 @@ class _FileCore:
     def _read_chunked(self, start: int, end: int) -> Steps[bytes]:
         entry = self.entry
         cs = entry.chunk_size
+        last = (end - 1) // cs
+        ra = self._ra
+        if ra is not None:
+            ra.begin(start, end)
         parts: list[bytes] = []
         pos = start
         while pos < end:
             k = pos // cs
+            data: bytes | None = None
             if self._chunk is not None and self._chunk[0] == k:
                 data = self._chunk[1]
-                piece = data[pos - k * cs : end - k * cs]
-                parts.append(piece)
-                pos += len(piece)
-                continue
-            # One fetch covers at most MAX_FETCH content bytes (at least one chunk), so a large
-            # read is coalesced into big ranges while its memory stays bounded.
-            p = plan(entry, pos, min(end - pos, max(MAX_FETCH, cs)))
-            check_extent(entry, self._source_size)
-            payload = yield from fetch(p.offset, p.length)
-            chunks = decode_chunks(entry, p.first_chunk, payload)
-            for i, data in enumerate(chunks):
-                base = (p.first_chunk + i) * cs
-                piece = data[max(pos, base) - base : end - base]
-                parts.append(piece)
-                pos += len(piece)
-            self._chunk = (p.end_chunk - 1, chunks[-1])
+            elif ra is not None and (group := ra.group_for(k)) is not None:
+                if not group.future.done():
+                    yield Wait(group.future)
+                data = ra.take(group, k)
+                if data is None:  # the readahead failed: read this chunk the ordinary way
+                    chunks = yield from self._load_chunks(k, k + 1)
+                    data = chunks[0]
+            if data is None:
+                # At most MAX_FETCH of content (at least one chunk) per round, so a large read
+                # is loaded in big coalesced ranges while its memory stays bounded.
+                chunks = yield from self._load_chunks(k, min(last + 1, k + max(1, MAX_FETCH // cs)))
+                for data in chunks[:-1]:
+                    piece = data[pos - k * cs : end - k * cs]
+                    parts.append(piece)
+                    pos += len(piece)
+                    k += 1
+                data = chunks[-1]
+            piece = data[pos - k * cs : end - k * cs]
+            parts.append(piece)
+            pos += len(piece)
+            self._chunk = (k, data)
+        if ra is not None:
+            ra.finish(pos)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _load_chunks(self, first: int, end: int) -> Steps[list[bytes]]:
+        check_extent(self.entry, self._source_size)
+        return (yield from chunk_steps(self.entry, first, end, self._content))
 
     def _read_spooled(self, start: int, end: int) -> Steps[bytes]:
         if self._spool is None:
@@ -127,14 +173,22 @@ class _FileCore:
         self._spool.seek(start)
         return self._spool.read(end - start)
 
+    def _new_spool(self) -> tempfile.SpooledTemporaryFile[bytes]:
+        return tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY, prefix="blobfs-")
+
     def _load_spool(self) -> Steps[tempfile.SpooledTemporaryFile[bytes]]:
         entry = self.entry
         check_extent(entry, self._source_size)
+        content = self._content
+        size = entry.original_size
+        if content is not None and size > 0:
+            spool = self._new_spool()
+            if content.copy_verified(entry.hash, size, entry.path, spool.write):
+                return spool
+            spool.close()  # a miss, or a corrupt entry (deleted): read the source
         # Not a with-block: the spool outlives this step; it is closed on error below, else by
         # close().
-        spool: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
-            max_size=SPOOL_MEMORY, prefix="blobfs-"
-        )
+        spool = self._new_spool()
         try:
             dec = PayloadDecoder.for_entry(entry, sink=spool.write)
             for off, n in split_range(entry.data_offset, entry.data_size):
@@ -144,11 +198,16 @@ class _FileCore:
             # Nothing unverified may be kept: the next read starts over.
             spool.close()
             raise
+        if content is not None and content.fits(size):
+            spool.seek(0)
+            content.put_file(entry.hash, spool)
         return spool
 
     def close(self) -> None:
         self.closed = True
         self._chunk = None
+        if self._ra is not None:
+            self._ra.discard()
         if self._spool is not None:
             self._spool.close()
             self._spool = None
@@ -162,13 +221,24 @@ class ArchiveFile(io.RawIOBase):
     :class:`~blobfs.errors.SourceError` when the data source fails; the position does not move
     on an error.
 
+    ``cache`` is the content cache (see the module docstring); ``pool`` is the archive's
+    readahead pool (None: no readahead). :meth:`Archive.open` passes both.
+
     Concurrency: like any file object, one thread at a time; open the path again for parallel
-    readers (file objects are cheap, the archive is shared).
+    readers (file objects are cheap, the archive is shared). Readahead groups load in the pool's
+    threads; :meth:`close` drops them (running ones finish in the background, unused).
     """
 
-    def __init__(self, entry: Entry, source: ByteSource) -> None:
+    def __init__(
+        self,
+        entry: Entry,
+        source: ByteSource,
+        *,
+        cache: Cache | None = None,
+        pool: ReadaheadPool | None = None,
+    ) -> None:
         super().__init__()
-        self._core = _FileCore(entry, source.size)
+        self._core = _FileCore(entry, source, cache, pool)
         self._source = source
 
     @property
@@ -234,13 +304,24 @@ class AsyncArchiveFile:
     Same algorithm and guarantees; fetches go through ``source.aread_at`` and decoding and
     hashing run in worker threads, so the event loop keeps serving other tasks.
 
+    ``cache`` and ``pool`` as for :class:`ArchiveFile`: readahead groups load in the pool's
+    threads (blocking ``source.read_at``), and a read waiting for one awaits it without holding a
+    thread or blocking the loop.
+
     Concurrency: one task at a time; a second task calling :meth:`read` or :meth:`seek` while a
     read is in progress gets ``RuntimeError`` (open the path again for parallel readers).
     Cancelling a read leaves the position unchanged.
     """
 
-    def __init__(self, entry: Entry, source: ByteSource) -> None:
-        self._core = _FileCore(entry, source.size)
+    def __init__(
+        self,
+        entry: Entry,
+        source: ByteSource,
+        *,
+        cache: Cache | None = None,
+        pool: ReadaheadPool | None = None,
+    ) -> None:
+        self._core = _FileCore(entry, source, cache, pool)
         self._source = source
         self._busy = False
 
@@ -270,9 +351,10 @@ class AsyncArchiveFile:
         """Up to ``size`` verified bytes from the position (the rest of the file if negative)."""
         self._enter()
         if self._core.in_memory(size):
-            # Served from the kept chunk or the in-memory spool: the same algorithm, run here,
-            # because a worker-thread hop (tens to hundreds of microseconds) would cost far more
-            # than the copy. It cannot fetch, so the sync driver never touches the source.
+            # Served from the kept chunk, finished readahead groups or the in-memory spool: the
+            # same algorithm, run here, because a worker-thread hop (tens to hundreds of
+            # microseconds) would cost far more than the copy. It cannot fetch, wait or touch
+            # the content cache, so the sync driver never blocks the loop.
             await checkpoint()
             self._enter()  # the checkpoint may have let another task in
             if self._core.in_memory(size):

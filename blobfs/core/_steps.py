@@ -5,23 +5,36 @@ needs from the outside world and gets the answer sent back:
 
 - ``yield Fetch(offset, length)`` receives the raw bytes of that data-blob range (or has the
   source's :class:`~blobfs.errors.SourceError` thrown in, so it can record it and go on);
-- ``yield VerifyProgress(...)`` is passed to the caller's progress callback.
+- ``yield VerifyProgress(...)`` is passed to the caller's progress callback;
+- ``yield Wait(future)`` returns (answer None) once a ``concurrent.futures.Future`` is done (a
+  readahead group, see ``_prefetch.py``): the sync driver blocks on it, the async driver awaits
+  it without blocking the event loop or a thread, so a cancelled read stops waiting at once.
 
 :func:`run_steps` drives one with ``source.read_at`` in the calling thread; :func:`arun_steps`
 drives the same generator with ``await source.aread_at`` and runs every step between two fetches
 (the CPU work: zstd, SHA-256, spool writes) in a worker thread. So there is one algorithm per
 operation, and an async network source plugs in through ``aread_at`` alone.
+
+Content-cache I/O (``_content.py``) happens inside the steps, so under the async driver it runs
+in worker threads too and never blocks the event loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeAlias, TypeVar, cast
+from typing import Any, Literal, TypeAlias, TypeVar, cast
 
-from ..errors import SourceError
+import sniffio
+
+from ..errors import HashMismatch, SourceError
 from ._aio import run_sync_in_thread
-from ._decode import PayloadDecoder, check_extent, split_range
+from ._content import ContentCache
+from ._decode import MAX_FETCH, PayloadDecoder, check_extent, decode_chunks, split_range
 from ._source import ByteSource
 from ._types import Entry
 
@@ -29,7 +42,10 @@ __all__ = [
     "Fetch",
     "Steps",
     "VerifyProgress",
+    "Wait",
     "arun_steps",
+    "chunk_runs",
+    "chunk_steps",
     "fetch",
     "read_whole_steps",
     "run_steps",
@@ -59,7 +75,16 @@ class VerifyProgress:
     total: int
 
 
-Request: TypeAlias = Fetch | VerifyProgress
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Request to wait until ``future`` is done; the answer is None, after which the algorithm
+    calls ``future.result()`` itself (no longer blocking), so its errors surface in the
+    algorithm, where they belong."""
+
+    future: concurrent.futures.Future[Any]
+
+
+Request: TypeAlias = Fetch | VerifyProgress | Wait
 Steps: TypeAlias = Generator[Request, bytes | None, T]
 """A read algorithm: yields requests, receives fetched bytes, returns its result."""
 
@@ -115,10 +140,47 @@ def run_steps(steps: Steps[T], source: ByteSource, progress: ProgressCallback | 
                     reply = _checked(value, source.read_at(value.offset, value.length), source)
                 except SourceError as e:
                     error = e
+            elif isinstance(value, Wait):
+                concurrent.futures.wait([value.future])
             elif progress is not None:
                 progress(cast(VerifyProgress, value))
     finally:
         steps.close()
+
+
+async def _wait_done(fut: concurrent.futures.Future[Any]) -> None:
+    """Return once ``fut`` is done, under trio or asyncio, without occupying a thread.
+
+    Cancellation returns at once; the future is left alone (its result is then unused).
+    """
+    if fut.done():
+        return
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+        event = trio.Event()
+
+        def wake_trio(_: object) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(event.set)
+
+        fut.add_done_callback(wake_trio)
+        await event.wait()
+        return
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def resolve() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    def wake_asyncio(_: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(resolve)
+
+    fut.add_done_callback(wake_asyncio)
+    await waiter
 
 
 async def arun_steps(
@@ -144,22 +206,108 @@ async def arun_steps(
                     reply = _checked(value, data, source)
                 except SourceError as e:
                     error = e
+            elif isinstance(value, Wait):
+                await _wait_done(value.future)
             elif progress is not None:
                 progress(cast(VerifyProgress, value))
     finally:
         steps.close()
 
 
-def read_whole_steps(entry: Entry, source_size: int) -> Steps[bytes]:
-    """The whole content of ``entry``, streamed through the verifying decoder.
+def chunk_runs(
+    entry: Entry, first: int, present: Sequence[object | None]
+) -> Iterator[tuple[int, int]]:
+    """``(first_chunk, end_chunk)`` runs of the chunks missing from ``present``.
 
-    The payload is fetched in :data:`~blobfs.core._decode.MAX_FETCH` pieces; nothing is returned
-    before the SHA-256 of the whole content matched.
+    ``present[i]`` describes chunk ``first + i`` (None = missing). Adjacent missing chunks form
+    one run, so each run is one fetch; a run is split where its payload would exceed
+    :data:`~blobfs.core._decode.MAX_FETCH` (a run holds at least one chunk).
+    """
+    k, end = first, first + len(present)
+    while k < end:
+        if present[k - first] is not None:
+            k += 1
+            continue
+        a = k
+        start_off, _ = entry.chunk_payload(k)
+        k += 1
+        while k < end and present[k - first] is None:
+            off, n = entry.chunk_payload(k)
+            if off + n - start_off > MAX_FETCH:
+                break
+            k += 1
+        yield a, k
+
+
+def chunk_steps(
+    entry: Entry, first: int, end: int, content: ContentCache | None
+) -> Steps[list[bytes]]:
+    """Verified content of chunks ``first .. end - 1`` of a chunked ``entry``.
+
+    With a content cache each chunk is looked up by ``entry.chunk_hash(k)`` (and verified); the
+    misses are fetched as one coalesced range per run of adjacent misses (:func:`chunk_runs`),
+    decoded, verified against the chunk table, and only then stored in the cache. The caller
+    checks the payload extent (:func:`~blobfs.core._decode.check_extent`) and bounds the range
+    (everything returned is held in memory).
+    """
+    found: list[bytes | None] = [
+        content.get_chunk(entry, k) if content is not None else None for k in range(first, end)
+    ]
+    for a, b in chunk_runs(entry, first, found):
+        off, _ = entry.chunk_payload(a)
+        last_off, last_n = entry.chunk_payload(b - 1)
+        chunks = decode_chunks(entry, a, (yield from fetch(off, last_off + last_n - off)))
+        found[a - first : b - first] = chunks
+        if content is not None:
+            for i, chunk in enumerate(chunks):
+                content.put_bytes(entry.chunk_hash(a + i), chunk)
+    return cast(list[bytes], found)
+
+
+def _whole_from_chunks(entry: Entry, content: ContentCache) -> Steps[bytes]:
+    """A chunked entry read whole chunk by chunk (so cached chunks serve it), checked against
+    the chunk table and then the whole-file hash (FORMAT.md: the two must agree)."""
+    cs = entry.chunk_size
+    per_window = max(1, MAX_FETCH // cs)
+    hasher = hashlib.sha256()
+    parts: list[bytes] = []
+    for first in range(0, entry.num_chunks, per_window):
+        end = min(first + per_window, entry.num_chunks)
+        for chunk in (yield from chunk_steps(entry, first, end, content)):
+            hasher.update(chunk)
+            parts.append(chunk)
+    actual = hasher.digest()
+    if actual != entry.hash:
+        raise HashMismatch(entry.path, entry.hash.hex(), actual.hex())
+    return b"".join(parts)
+
+
+def read_whole_steps(
+    entry: Entry, source_size: int, content: ContentCache | None = None
+) -> Steps[bytes]:
+    """The whole content of ``entry``, verified; nothing is returned before its hash matched.
+
+    Without a content cache the payload is streamed through the verifying decoder in
+    :data:`~blobfs.core._decode.MAX_FETCH` pieces and checked against the whole-file hash.
+
+    With one, the cache keys are the ones every read path uses, so whole-file and random reads
+    share entries: an entry without a chunk table is looked up (and, after a miss, stored) under
+    its whole-file ``hash``; a chunked entry chunk by chunk under its chunk hashes (see
+    :func:`chunk_steps`), then checked against the whole-file hash as well.
     """
     check_extent(entry, source_size)
+    if content is not None and entry.original_size > 0:
+        if entry.chunked:
+            return (yield from _whole_from_chunks(entry, content))
+        hit = content.get_bytes(entry.hash, entry.original_size, entry.path)
+        if hit is not None:
+            return hit
     parts: list[bytes] = []
     dec = PayloadDecoder.for_entry(entry, sink=parts.append)
     for off, n in split_range(entry.data_offset, entry.data_size):
         dec.feed((yield from fetch(off, n)))
     dec.finish()
-    return b"".join(parts)
+    data = b"".join(parts)
+    if content is not None:
+        content.put_bytes(entry.hash, data)
+    return data

@@ -10,6 +10,9 @@ Two passes over the data source:
    the frame offsets and the whole-file hash are all checked, and must agree).
 
 A failing file is recorded and the walk goes on; the report lists every failure.
+
+Only the source is read: a content cache is neither consulted nor filled, because verification
+checks the archive itself (a cache holding good copies must not hide a damaged data blob).
 """
 
 from __future__ import annotations

@@ -1,0 +1,235 @@
+"""The content cache on the read path: verified lookups, best-effort stores.
+
+:class:`ContentCache` wraps any :class:`~blobfs.core.cache.Cache` (ours or a user's) and adds the
+read path's rules (ARCHITECTURE.md section 3):
+
+- **Nothing from the cache is trusted.** What ``get`` returns is read back in full and checked
+  against the key (size and SHA-256) before any byte of it is used. A mismatch, a wrong size or a
+  read error deletes the entry (logged at WARNING) and counts as a miss, so the caller refetches
+  from the source and re-verifies there.
+- **Caches only help.** An exception from ``get`` is a miss; from ``put``/``delete``/
+  ``max_bytes`` it is logged and ignored. The first failure of each operation is logged at
+  WARNING, later ones at DEBUG (a full disk must not flood the log).
+- **Only verified content goes in**: callers ``put`` after their own verification passed.
+
+Keys are content digests (the entry's ``hash`` for a whole file, ``chunk_hash(k)`` for a chunk),
+so identical content is shared by every archive using the same cache.
+
+Every method does blocking I/O: the async API calls them from worker threads only (they run
+inside the read algorithms' CPU steps, see ``_steps.py``), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, BinaryIO, Final, cast
+
+from ._types import Entry
+
+if TYPE_CHECKING:
+    from .cache import Cache
+
+__all__ = ["ContentCache"]
+
+logger = logging.getLogger(__name__)
+
+_COPY_PIECE: Final = 1 << 20
+"""Read size when streaming a cached whole file through SHA-256: big enough that the per-call
+overhead vanishes, small enough that a multi-GiB file never sits in memory."""
+
+
+def _size_problem(got: int, size: int) -> str:
+    have = f"more than {size}" if got > size else str(got)
+    return f"{have} bytes, expected {size}"
+
+
+class ContentCache:
+    """A :class:`~blobfs.core.cache.Cache` with verification, error containment and logging.
+
+    It also satisfies the ``Cache`` protocol itself (plain delegation), so it can be passed
+    wherever a cache is expected; wrapping a ``ContentCache`` again returns the same object
+    (:meth:`of`).
+
+    Concurrency: as safe as the wrapped cache (which the protocol requires to be thread-safe);
+    the wrapper's only state is which operations have already logged a WARNING.
+    """
+
+    __slots__ = ("_cache", "_limit", "_warned")
+
+    def __init__(self, cache: Cache) -> None:
+        self._cache = cache
+        self._warned: set[str] = set()
+        self._limit: int | None = None  # max_bytes(), asked once: it is configuration
+
+    @classmethod
+    def of(cls, cache: Cache | None) -> ContentCache | None:
+        if cache is None or isinstance(cache, ContentCache):
+            return cache
+        return cls(cache)
+
+    @property
+    def cache(self) -> Cache:
+        """The wrapped cache."""
+        return self._cache
+
+    # ------------------------------------------------------------------ error containment
+
+    def _failed(self, op: str, digest: bytes, e: BaseException) -> None:
+        level = logging.DEBUG if op in self._warned else logging.WARNING
+        self._warned.add(op)
+        suffix = "" if level == logging.DEBUG else " (further such errors are logged at DEBUG)"
+        logger.log(level, "content cache %s of %s failed: %r%s", op, digest.hex(), e, suffix)
+
+    def _open(self, digest: bytes) -> BinaryIO | None:
+        try:
+            return self._cache.get(digest)
+        except Exception as e:
+            self._failed("get", digest, e)
+            return None
+
+    def _reject(self, digest: bytes, path: str, what: str, why: str) -> None:
+        """Drop a cached entry that failed verification (one WARNING per bad entry)."""
+        logger.warning(
+            "content cache entry %s (%s of %s) is corrupt: %s; deleted, refetching from the source",
+            digest.hex(),
+            what,
+            path,
+            why,
+        )
+        self.delete(digest)
+
+    # ------------------------------------------------------------------ verified reads
+
+    def get_bytes(self, digest: bytes, size: int, path: str, what: str = "content") -> bytes | None:
+        """The cached content for ``digest`` if it is exactly ``size`` bytes hashing to it.
+
+        None on a miss or any failure (a corrupt entry is deleted first). ``path``/``what`` only
+        name the content in the log.
+        """
+        f = self._open(digest)
+        if f is None:
+            return None
+        try:
+            with f:
+                parts: list[bytes] = []
+                got = 0
+                # Read one byte past the expected size: an overlong entry is corrupt too.
+                while got <= size:
+                    piece = f.read(size + 1 - got)
+                    if not piece:
+                        break
+                    parts.append(piece)
+                    got += len(piece)
+        except Exception as e:
+            self._reject(digest, path, what, f"read failed: {e!r}")
+            return None
+        if got != size:
+            self._reject(digest, path, what, _size_problem(got, size))
+            return None
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        actual = hashlib.sha256(data).digest()
+        if actual != digest:
+            self._reject(digest, path, what, f"SHA-256 is {actual.hex()}")
+            return None
+        return data
+
+    def copy_verified(
+        self, digest: bytes, size: int, path: str, sink: Callable[[bytes], object]
+    ) -> bool:
+        """Stream the cached content for ``digest`` into ``sink`` while hashing it.
+
+        Returns True when the entry existed and was exactly ``size`` bytes hashing to
+        ``digest``. On False, whatever reached ``sink`` is **unverified garbage** the caller must
+        discard (a corrupt entry has been deleted). For whole files too large to hold in memory:
+        the caller's sink is its spool.
+        """
+        f = self._open(digest)
+        if f is None:
+            return False
+        hasher = hashlib.sha256()
+        got = 0
+        try:
+            with f:
+                while got <= size:
+                    piece = f.read(min(_COPY_PIECE, size + 1 - got))
+                    if not piece:
+                        break
+                    got += len(piece)
+                    if got > size:
+                        break
+                    hasher.update(piece)
+                    sink(piece)
+        except Exception as e:
+            self._reject(digest, path, "content", f"read failed: {e!r}")
+            return False
+        if got != size:
+            self._reject(digest, path, "content", _size_problem(got, size))
+            return False
+        actual = hasher.digest()
+        if actual != digest:
+            self._reject(digest, path, "content", f"SHA-256 is {actual.hex()}")
+            return False
+        return True
+
+    def get_chunk(self, entry: Entry, k: int) -> bytes | None:
+        """Chunk ``k`` of ``entry`` from the cache, verified against the chunk table."""
+        start, end = entry.chunk_bounds(k)
+        return self.get_bytes(entry.chunk_hash(k), end - start, entry.path, f"chunk {k}")
+
+    # ------------------------------------------------------------------ best-effort writes
+
+    def fits(self, size: int) -> bool:
+        """Whether content of ``size`` bytes is worth offering (skips copying what a bounded
+        cache would refuse anyway; empty content is never cached)."""
+        if size <= 0:
+            return False
+        if self._limit is None:
+            try:
+                self._limit = self._cache.max_bytes()
+            except Exception as e:
+                self._failed("max_bytes", b"", e)
+                self._limit = 0
+        return self._limit <= 0 or size <= self._limit
+
+    def put_bytes(self, digest: bytes, data: bytes) -> None:
+        """Store verified ``data`` under ``digest``; failures are logged, never raised."""
+        if self.fits(len(data)):
+            self.put_file(digest, io.BytesIO(data))
+
+    def put_file(self, digest: bytes, f: IO[bytes]) -> None:
+        """Store the verified content of ``f`` (read from its position to EOF)."""
+        try:
+            self._cache.put(digest, cast(BinaryIO, f))
+        except Exception as e:
+            self._failed("put", digest, e)
+
+    # ------------------------------------------------------------------ the Cache protocol
+
+    def get(self, digest: bytes) -> BinaryIO | None:
+        """Raw delegation (unverified, errors propagate): the protocol's ``get``."""
+        return self._cache.get(digest)
+
+    def put(self, digest: bytes, f: BinaryIO) -> None:
+        self._cache.put(digest, f)
+
+    def delete(self, digest: bytes) -> None:
+        """Delete ``digest``; failures are logged, never raised."""
+        try:
+            self._cache.delete(digest)
+        except Exception as e:
+            self._failed("delete", digest, e)
+
+    def max_bytes(self) -> int:
+        return self._cache.max_bytes()
+
+    def size_bytes(self) -> int:
+        return self._cache.size_bytes()
+
+    def prune(self, target_bytes: int) -> int:
+        return self._cache.prune(target_bytes)
+
+    def __repr__(self) -> str:
+        return f"ContentCache({self._cache!r})"
