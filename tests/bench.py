@@ -194,11 +194,17 @@ def table(rows: list[tuple[str, str, str]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("--child-index", nargs=2, metavar=("PATH", "N"))
-    parser.add_argument("--only", choices=["index", "create"])
+    parser.add_argument("--child-stream", nargs=2, metavar=("URL", "PATH"))
+    parser.add_argument("--only", choices=["index", "create", "http"])
     parser.add_argument("--quick", action="store_true", help="smaller inputs")
     args = parser.parse_args(argv)
     if args.child_index:
         child_index(args.child_index[0], int(args.child_index[1]))
+        return 0
+    if args.child_stream:
+        from tests.bench_http import child_stream
+
+        child_stream(*args.child_stream)
         return 0
 
     rows: list[tuple[str, str, str]] = [("benchmark", "median of 3", "target")]
@@ -254,6 +260,16 @@ def main(argv: list[str] | None = None) -> int:
             step(label)
             secs, total = time_create(src, compression=comp)
             rows.append((label, f"{total / secs / 1e6:.0f} MB/s ({secs:.2f} s)", target))
+    if args.only in (None, "http"):
+        from tests import bench_http
+
+        step("reads over HTTP: transfer counts")
+        rows += bench_http.transfer_rows(bench_dir())
+        seq_size = (256 if args.quick else 1024) << 20
+        step(f"reads over HTTP: {seq_size >> 20} MiB sequential, cold and warm")
+        rows += bench_http.throughput_rows(bench_dir(), seq_size)
+        step("reads over HTTP: memory while streaming")
+        rows += bench_http.memory_rows(bench_dir(), (1 if args.quick else 4) << 30)
     print(table(rows))
     return 0
 

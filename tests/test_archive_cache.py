@@ -33,15 +33,18 @@ from blobfs.core import (
     ByteSource,
     BytesSource,
     Compression,
+    FileSource,
     Index,
     create_blob,
     encode_index,
+    open_file,
 )
+from blobfs.core._decode import MAX_FETCH
 from blobfs.core._file import SPOOL_MEMORY
 from blobfs.core._prefetch import GROUP_BYTES, READAHEAD_BYTES
 from blobfs.core.cache import Cache, MemoryCache
 from blobfs.core.cache.disk import BlockCache, DiskCache
-from blobfs.errors import IntegrityError, SourceError
+from blobfs.errors import IntegrityError, NotFound, SourceError
 
 MiB = 1 << 20
 CS = 64 << 10  # the smallest chunk size: many chunks from little data
@@ -262,10 +265,11 @@ STANDARD: dict[str, bytes] = {
     "small.txt": compressible(5000, 1),
     "v1-raw.bin": incompressible(40_000, 2),
     "v1-big.txt": compressible(SPOOL_MEMORY + 300_000, 3),  # rolls the spool over to disk
+    "v1-big-raw.bin": incompressible((8 << 20) + 200_000, 13),  # a payload of two pieces
     "chunked.txt": compressible(10 * CS + 17, 4),
     "chunked-raw.bin": incompressible(9 * CS + 1, 5),
 }
-V1 = ("small.txt", "v1-raw.bin", "v1-big.txt")
+V1 = ("small.txt", "v1-raw.bin", "v1-big.txt", "v1-big-raw.bin")
 CHUNKED = ("chunked.txt", "chunked-raw.bin")
 
 
@@ -806,3 +810,140 @@ def test_disk_cache_is_shared_across_archive_objects(tmp_path: Path, standard: B
             assert f.read() == content
     assert src.reads == []
     assert os.listdir(tmp_path / "c")
+
+
+def test_open_file_takes_both_caches(tmp_path: Path) -> None:
+    files = {"a.txt": compressible(3000, 11), "big.bin": incompressible(3 * CS + 5, 12)}
+    build(tmp_path, files)
+    cache = DictCache()
+    out = tmp_path / "out"
+    with open_file(
+        out / "index.blob", out / "data.blob", cache=cache, block_cache=BlockCache(tmp_path / "b")
+    ) as archive:
+        assert archive.cache is cache
+        assert not isinstance(archive.source, FileSource)  # reads go through the block cache
+        for path, content in files.items():
+            assert archive.read_file(path) == content
+        assert len(cache.data) == 1 + 4  # one v1 file, four chunks
+        assert archive.verify().ok
+
+
+# ------------------------------------------------------------------------------ prefetch
+
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """1,000 files of 1 KiB in ``small/`` (incompressible and compressible), plus neighbours."""
+    files = {
+        f"small/f{i:04d}.txt": (incompressible if i % 2 else compressible)(1024, i)
+        for i in range(1000)
+    }
+    files["a-before.bin"] = incompressible(300_000, 1)
+    files["small/sub/chunked.bin"] = incompressible(3 * CS + 1, 2)
+    files["z-after.bin"] = incompressible(300_000, 3)
+    return build(tmp_path_factory.mktemp("small"), files)
+
+
+def test_prefetch_a_directory_with_one_request(small_dir: Built) -> None:
+    cache = DictCache()
+    archive, src = small_dir.archive(cache)
+    with archive:
+        assert archive.prefetch("small") == 1001
+        assert len(src.reads) == 1
+        first = min(e.data_offset for e in archive.walk("small"))
+        assert src.reads[0][0] == first
+        assert src.bytes_read == sum(e.data_size for e in archive.walk("small"))
+        src.clear()
+        for e in archive.walk("small"):
+            assert archive.read_file(e.path) == small_dir.contents[e.path]
+        assert src.reads == []
+        assert archive.prefetch("small") == 0  # all cached: nothing to do
+        assert archive.prefetch("small/f0007.txt") == 0
+        assert src.reads == []
+        with pytest.raises(NotFound):
+            archive.prefetch("nope")
+
+
+def test_prefetch_without_a_cache_does_nothing(small_dir: Built) -> None:
+    archive, src = small_dir.archive()
+    assert archive.prefetch("small") == 0
+    assert src.reads == []
+    with pytest.raises(NotFound):
+        archive.prefetch("nope")
+
+
+def test_prefetch_skips_bad_files(small_dir: Built) -> None:
+    index = Index(small_dir.index)
+    bad = index.entry("small/f0100.txt")
+    src = FaultySource(BytesSource(small_dir.data), (bad.data_offset + 3, bad.data_offset + 4))
+    src.corrupt = True
+    cache = DictCache()
+    archive = Archive(small_dir.index, src, cache=cache, readahead=False)
+    assert archive.prefetch("small") == 1000
+    assert bad.hash not in cache.data
+    with pytest.raises(IntegrityError, match=re.escape("small/f0100.txt")):
+        archive.read_file("small/f0100.txt")
+    # A failed request stores nothing and raises nothing.
+    failing = FaultySource(BytesSource(small_dir.data), (0, len(small_dir.data)))
+    assert Archive(small_dir.index, failing, cache=DictCache()).prefetch("small") == 0
+
+
+async def async_prefetch_checks(small_dir: Built) -> None:
+    cache = DictCache()
+    archive, src = small_dir.archive(cache)
+    with archive:
+        assert await archive.aprefetch("small") == 1001
+        assert len(src.reads) == 1
+        src.clear()
+        for e in archive.walk("small"):
+            assert await archive.aread_file(e.path) == small_dir.contents[e.path]
+        assert src.reads == []
+    # Without readahead threads, and without a cache.
+    archive, src = small_dir.archive(DictCache(), readahead=False)
+    assert await archive.aprefetch("") == 1003
+    assert len(src.reads) == 1
+    assert await small_dir.archive()[0].aprefetch("small") == 0
+
+
+@pytest.mark.trio
+async def test_async_prefetch_under_trio(small_dir: Built) -> None:
+    await async_prefetch_checks(small_dir)
+
+
+def test_async_prefetch_under_asyncio(small_dir: Built) -> None:
+    asyncio.run(async_prefetch_checks(small_dir))
+
+
+# ------------------------------------------------------------------------------ large v1 files
+
+
+def test_large_v1_file_fetches_ahead_and_reports_errors_in_order(standard: Built) -> None:
+    path = "v1-big-raw.bin"
+    entry = Index(standard.index).entry(path)
+    assert entry.data_size > MAX_FETCH  # several pieces: the next one is fetched ahead
+    second = entry.data_offset + MAX_FETCH + 10
+    src = FaultySource(BytesSource(standard.data), (second, second + 1))
+    with Archive(standard.index, src) as archive:
+        with pytest.raises(SourceError, match="injected"):
+            archive.read_file(path)
+        with pytest.raises(SourceError, match="injected"), archive.open(path) as f:
+            f.read(10)
+    good, counting = standard.archive()
+    with good:
+        assert good.read_file(path) == STANDARD[path]
+        assert sorted(counting.reads) == [
+            (entry.data_offset, MAX_FETCH),
+            (entry.data_offset + MAX_FETCH, entry.data_size - MAX_FETCH),
+        ]
+    assert good.read_file(path) == STANDARD[path]  # closed: no pool, still reads
+
+
+@pytest.mark.trio
+async def test_large_v1_file_async(standard: Built) -> None:
+    archive, _ = standard.archive(DictCache())
+    with archive:
+        path = "v1-big-raw.bin"
+        assert await archive.aread_file(path) == STANDARD[path]
+        async with await archive.aopen(path) as f:
+            await f.seek(MAX_FETCH - 3)
+            assert await f.read(6) == STANDARD[path][MAX_FETCH - 3 : MAX_FETCH + 3]

@@ -20,6 +20,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
 
 from ..errors import FileTooLarge, SourceError
+from ._aio import checkpoint, run_sync_in_thread
+from ._batch import aprefetch, plan_batches, prefetch
 from ._content import ContentCache
 from ._file import ArchiveFile, AsyncArchiveFile
 from ._index import Index
@@ -194,7 +196,7 @@ class Archive:
         content is stored (see the class docstring for the keys).
         """
         entry = self._whole_file_entry(path, max_file_size)
-        steps = read_whole_steps(entry, self._source.size, self._cache)
+        steps = read_whole_steps(entry, self._source.size, self._cache, self._pool, self._source)
         return run_steps(steps, self._source)
 
     def open(self, path: str) -> ArchiveFile:
@@ -202,6 +204,24 @@ class Archive:
         return ArchiveFile(
             self._index.entry(path), self._source, cache=self._cache, pool=self._pool
         )
+
+    def prefetch(self, path: str = "") -> int:
+        """Load the files at or below ``path`` into the content cache, with few range requests.
+
+        Files not cached yet whose payloads are adjacent in the data blob (as a directory's
+        files are) are fetched together, up to 8 MiB per request, several requests at once;
+        each file is verified before it is stored. For directories of small files: reading
+        them afterwards costs no request. Skipped: files already cached, empty files and
+        payloads over 8 MiB (large files stream with readahead). A hint, never an error for
+        content: a file that fails is left out (reading it reports why). Returns the number of
+        files stored; 0 without a content cache (there is nowhere to keep them).
+        ``NotFound`` if ``path`` does not exist.
+        """
+        self._index.stat(path)  # NotFound now, whatever happens next
+        if self._cache is None:
+            return 0
+        batches = plan_batches(self._index.walk(path), self._cache, self._source.size)
+        return prefetch(batches, self._source, self._cache, self._pool)
 
     def verify(self, progress: Callable[[VerifyProgress], object] | None = None) -> VerifyReport:
         """Check the data blob against ``data_size``/``data_hash`` and every file against its
@@ -218,7 +238,7 @@ class Archive:
     async def aread_file(self, path: str, *, max_file_size: int | None = None) -> bytes:
         """Async twin of :meth:`read_file`."""
         entry = self._whole_file_entry(path, max_file_size)
-        steps = read_whole_steps(entry, self._source.size, self._cache)
+        steps = read_whole_steps(entry, self._source.size, self._cache, self._pool, self._source)
         return await arun_steps(steps, self._source)
 
     async def aopen(self, path: str) -> AsyncArchiveFile:
@@ -228,6 +248,16 @@ class Archive:
         """
         entry = self._index.entry(path)
         return AsyncArchiveFile(entry, self._source, cache=self._cache, pool=self._pool)
+
+    async def aprefetch(self, path: str = "") -> int:
+        """Async twin of :meth:`prefetch` (cache I/O and fetches off the event loop)."""
+        self._index.stat(path)
+        if self._cache is None:
+            await checkpoint()
+            return 0
+        entries = self._index.walk(path)  # walked in the worker thread, with the cache lookups
+        batches = await run_sync_in_thread(plan_batches, entries, self._cache, self._source.size)
+        return await aprefetch(batches, self._source, self._cache, self._pool)
 
     async def averify(
         self, progress: Callable[[VerifyProgress], object] | None = None

@@ -174,6 +174,17 @@ class ContentCache:
             return False
         return True
 
+    def has(self, digest: bytes) -> bool:
+        """Whether the cache claims an entry for ``digest`` (not verified: reading it will be)."""
+        f = self._open(digest)
+        if f is None:
+            return False
+        try:
+            f.close()
+        except Exception as e:
+            self._failed("get", digest, e)
+        return True
+
     def get_chunk(self, entry: Entry, k: int) -> bytes | None:
         """Chunk ``k`` of ``entry`` from the cache, verified against the chunk table."""
         start, end = entry.chunk_bounds(k)

@@ -10,8 +10,9 @@ Both file classes share :class:`_FileCore`, whose read algorithm is a step gener
   it in the archive's thread pool, at most ``READAHEAD_BYTES`` per file;
 - **v1 entries** (whole-file hash only): the first read fills a spool (memory up to
   :data:`SPOOL_MEMORY`, then a temporary file) with verified content — copied from the content
-  cache while being hashed, or else streamed from the source through the verifying decoder and
-  then offered to the cache — and every read is served from that spool. Raw payloads and cache
+  cache while being hashed, or else streamed from the source through the verifying decoder
+  (the next 8 MiB piece fetched in the readahead pool while one is decoded) and then offered to
+  the cache — and every read is served from that spool. Raw payloads and cache
   entries are copied too: the data file or the cache file could change after verification, the
   spool cannot.
 
@@ -29,10 +30,10 @@ from typing import TYPE_CHECKING, Final, Self
 
 from ._aio import checkpoint
 from ._content import ContentCache
-from ._decode import MAX_FETCH, PayloadDecoder, check_extent, split_range
+from ._decode import MAX_FETCH, PayloadDecoder, check_extent
 from ._prefetch import Readahead, ReadaheadPool
 from ._source import ByteSource
-from ._steps import Steps, Wait, arun_steps, chunk_steps, fetch, run_steps
+from ._steps import Steps, Wait, arun_steps, chunk_steps, run_steps, stream_payload
 from ._types import Entry
 
 if TYPE_CHECKING:
@@ -54,7 +55,18 @@ class _FileCore:
     Not thread-safe: the owning file object serialises calls.
     """
 
-    __slots__ = ("_chunk", "_content", "_ra", "_source_size", "_spool", "closed", "entry", "pos")
+    __slots__ = (
+        "_chunk",
+        "_content",
+        "_pool",
+        "_ra",
+        "_source",
+        "_source_size",
+        "_spool",
+        "closed",
+        "entry",
+        "pos",
+    )
 
     def __init__(
         self,
@@ -64,7 +76,9 @@ class _FileCore:
         pool: ReadaheadPool | None,
     ) -> None:
         self.entry = entry
+        self._source = source
         self._source_size = source.size
+        self._pool = pool
         self._content = ContentCache.of(cache)
         self._ra = (
             Readahead(entry, source, self._content, pool)
@@ -191,8 +205,7 @@ class _FileCore:
         spool = self._new_spool()
         try:
             dec = PayloadDecoder.for_entry(entry, sink=spool.write)
-            for off, n in split_range(entry.data_offset, entry.data_size):
-                dec.feed((yield from fetch(off, n)))
+            yield from stream_payload(entry, dec.feed, self._pool, self._source)
             dec.finish()
         except BaseException:
             # Nothing unverified may be kept: the next read starts over.

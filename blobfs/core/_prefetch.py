@@ -15,7 +15,7 @@ run of missing chunks through the blocking ``source.read_at``, decoding and SHA-
 cache stores. zstd and hashlib release the GIL, so groups decode on all cores while the reader
 consumes earlier ones. The sync and the async file use this one mechanism: the read algorithm
 yields :class:`~blobfs.core._steps.Wait` for a group's future, which the sync driver blocks on and
-the async driver awaits (``_steps._wait_done``), so no event loop ever blocks.
+the async driver awaits (``_steps.wait_done``), so no event loop ever blocks.
 
 Rules:
 

@@ -27,7 +27,7 @@ import contextlib
 import hashlib
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar, cast
 
 import sniffio
 
@@ -37,6 +37,9 @@ from ._content import ContentCache
 from ._decode import MAX_FETCH, PayloadDecoder, check_extent, decode_chunks, split_range
 from ._source import ByteSource
 from ._types import Entry
+
+if TYPE_CHECKING:
+    from ._prefetch import ReadaheadPool
 
 __all__ = [
     "Fetch",
@@ -49,6 +52,8 @@ __all__ = [
     "fetch",
     "read_whole_steps",
     "run_steps",
+    "stream_payload",
+    "wait_done",
 ]
 
 T = TypeVar("T")
@@ -148,7 +153,7 @@ def run_steps(steps: Steps[T], source: ByteSource, progress: ProgressCallback | 
         steps.close()
 
 
-async def _wait_done(fut: concurrent.futures.Future[Any]) -> None:
+async def wait_done(fut: concurrent.futures.Future[Any]) -> None:
     """Return once ``fut`` is done, under trio or asyncio, without occupying a thread.
 
     Cancellation returns at once; the future is left alone (its result is then unused).
@@ -207,7 +212,7 @@ async def arun_steps(
                 except SourceError as e:
                     error = e
             elif isinstance(value, Wait):
-                await _wait_done(value.future)
+                await wait_done(value.future)
             elif progress is not None:
                 progress(cast(VerifyProgress, value))
     finally:
@@ -282,13 +287,62 @@ def _whole_from_chunks(entry: Entry, content: ContentCache) -> Steps[bytes]:
     return b"".join(parts)
 
 
+def stream_payload(
+    entry: Entry,
+    feed: Callable[[bytes], object],
+    pool: ReadaheadPool | None = None,
+    source: ByteSource | None = None,
+) -> Steps[None]:
+    """Pass the whole payload of ``entry`` to ``feed`` in :data:`~blobfs.core._decode.MAX_FETCH`
+    pieces, in order.
+
+    With a readahead ``pool`` (and the ``source`` it should read) and more than one piece, the
+    next piece is fetched in a pool thread (blocking ``source.read_at``) while the current one
+    is decoded, so network and CPU overlap for large v1 files; one extra piece is held in memory.
+    A piece the pool could not fetch (the archive was closed) is fetched the ordinary way;
+    errors surface in order, when their piece is reached.
+    """
+    pieces = list(split_range(entry.data_offset, entry.data_size))
+    if pool is None or source is None or len(pieces) < 2:
+        for off, n in pieces:
+            feed((yield from fetch(off, n)))
+        return
+
+    def submit(i: int) -> concurrent.futures.Future[bytes] | None:
+        if i >= len(pieces):
+            return None
+        return pool.submit(run_steps, fetch(*pieces[i]), source)
+
+    ahead = submit(0)
+    try:
+        for i, piece in enumerate(pieces):
+            current, ahead = ahead, submit(i + 1)
+            data: bytes | None = None
+            if current is not None:
+                yield Wait(current)
+                if not current.cancelled():
+                    data = current.result()  # raises the fetch's error, now that it is reached
+            if data is None:
+                data = yield from fetch(*piece)
+            feed(data)
+    finally:
+        if ahead is not None:
+            ahead.cancel()
+
+
 def read_whole_steps(
-    entry: Entry, source_size: int, content: ContentCache | None = None
+    entry: Entry,
+    source_size: int,
+    content: ContentCache | None = None,
+    pool: ReadaheadPool | None = None,
+    source: ByteSource | None = None,
 ) -> Steps[bytes]:
     """The whole content of ``entry``, verified; nothing is returned before its hash matched.
 
     Without a content cache the payload is streamed through the verifying decoder in
-    :data:`~blobfs.core._decode.MAX_FETCH` pieces and checked against the whole-file hash.
+    :data:`~blobfs.core._decode.MAX_FETCH` pieces (:func:`stream_payload`: with ``pool`` and
+    ``source``, the next piece is fetched while one is decoded) and checked against the
+    whole-file hash.
 
     With one, the cache keys are the ones every read path uses, so whole-file and random reads
     share entries: an entry without a chunk table is looked up (and, after a miss, stored) under
@@ -304,8 +358,7 @@ def read_whole_steps(
             return hit
     parts: list[bytes] = []
     dec = PayloadDecoder.for_entry(entry, sink=parts.append)
-    for off, n in split_range(entry.data_offset, entry.data_size):
-        dec.feed((yield from fetch(off, n)))
+    yield from stream_payload(entry, dec.feed, pool, source)
     dec.finish()
     data = b"".join(parts)
     if content is not None:
