@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
-from types import TracebackType
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Final
 
 from ..errors import FileTooLarge, SourceError
 from ._aio import checkpoint, run_sync_in_thread
 from ._batch import aprefetch, plan_batches, prefetch
+from ._closing import Closing
 from ._content import ContentCache
 from ._file import ArchiveFile, AsyncArchiveFile
 from ._index import Index
@@ -43,7 +43,7 @@ DEFAULT_MAX_FILE_SIZE: Final = 256 << 20
 (``file.DefaultMaxFileSize``). Streaming through :meth:`Archive.open` has no limit."""
 
 
-class Archive:
+class Archive(Closing):
     """A read-only archive: a validated index and the data blob's byte source.
 
     Metadata calls (``stat``, ``listdir``, ``walk``, ...) never touch the source. Content calls
@@ -129,17 +129,6 @@ class Archive:
         the source. Reads afterwards still work, without readahead."""
         if self._pool is not None:
             self._pool.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def max_file_size(self) -> int:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from ..errors import SourceError
 from ._aio import run_sync_in_thread
+from ._closing import Closing
 
 __all__ = ["ByteSource", "BytesSource", "FileSource", "check_range"]
 
@@ -59,7 +59,7 @@ def check_range(offset: int, length: int, size: int, name: str) -> None:
         )
 
 
-class FileSource:
+class FileSource(Closing):
     """A local file read with ``os.pread`` (no shared file position, so reads are thread-safe).
 
     ``data_hash`` (the raw 32-byte SHA-256 the index records for the data blob) makes
@@ -148,22 +148,11 @@ class FileSource:
         if fd >= 0:
             os.close(fd)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"FileSource({self._path!r}, size={self._size})"
 
 
-class BytesSource:
+class BytesSource(Closing):
     """An in-memory data blob (tests, small archives, data already fetched).
 
     ``source_id`` defaults to ``"sha256:<hex>"`` of the content, computed on first use.
@@ -204,17 +193,6 @@ class BytesSource:
 
     def close(self) -> None:
         self._closed = True
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"BytesSource(size={len(self._data)})"

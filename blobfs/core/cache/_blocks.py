@@ -29,11 +29,11 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 from ...errors import SourceError
 from .._aio import run_sync_in_thread
+from .._closing import Closing
 from .._source import ByteSource, check_range
 from ._store import FileStore, write_all
 
@@ -220,7 +220,7 @@ class BlockStore:
             self._hot_bytes = 0
 
 
-class CachedSource:
+class CachedSource(Closing):
     """A :class:`~blobfs.core.ByteSource` that reads the wrapped source through a block cache.
 
     Made by :meth:`blobfs.core.cache.disk.BlockCache.wrap`. ``size`` and ``source_id`` are the
@@ -343,17 +343,6 @@ class CachedSource:
 
     def close(self) -> None:
         self._source.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"CachedSource({self._source!r}, block_size={self._block_size})"

@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from types import TracebackType
-from typing import BinaryIO, Self
+from typing import BinaryIO
 
+from .._closing import Closing
 from .._source import ByteSource
 from . import DEFAULT_BLOCK_SIZE, DEFAULT_MAX_BLOCKS_PER_READ
 from ._blocks import BlockStore, CachedSource, CacheStats
@@ -48,7 +48,7 @@ DEFAULT_BLOCK_CACHE_BYTES = 256 << 20
 mounted archive, small next to the content cache that serves sequential reads."""
 
 
-class DiskCache:
+class DiskCache(Closing):
     """Content cache in a directory: ``<directory>/<shard>/<64 hex digits>``, one plain file per
     entry holding the raw content (Go's layout, so Go's tools can share the directory).
 
@@ -150,22 +150,11 @@ class DiskCache:
     def close(self) -> None:
         self._files.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"DiskCache({self.directory!r}, max_bytes={self._files.max_bytes})"
 
 
-class BlockCache:
+class BlockCache(Closing):
     """Block cache in a directory: fixed-size blocks of data blobs, checksummed, LRU-bounded.
 
     Implements :class:`blobfs.core.cache.BlockCache`. :meth:`wrap` returns a
@@ -231,17 +220,6 @@ class BlockCache:
     def close(self) -> None:
         """Send this process's pending size delta to the shared total; stays usable."""
         self._files.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"BlockCache({self.directory!r}, max_bytes={self._files.max_bytes})"
