@@ -27,7 +27,7 @@ from ._file import ArchiveFile, AsyncArchiveFile
 from ._index import Index
 from ._prefetch import ReadaheadPool
 from ._source import ByteSource, FileSource
-from ._steps import VerifyProgress, arun_steps, read_whole_steps, run_steps
+from ._steps import VerifyProgress, arun_steps, read_whole_steps, refetch_once, run_steps
 from ._types import DirEntry, DirInfo, Entry
 from ._verify import VerifyReport, verify_steps
 
@@ -185,7 +185,13 @@ class Archive(Closing):
         content is stored (see the class docstring for the keys).
         """
         entry = self._whole_file_entry(path, max_file_size)
-        steps = read_whole_steps(entry, self._source.size, self._cache, self._pool, self._source)
+        steps = refetch_once(
+            self._source,
+            entry,
+            lambda: read_whole_steps(
+                entry, self._source.size, self._cache, self._pool, self._source
+            ),
+        )
         return run_steps(steps, self._source)
 
     def open(self, path: str) -> ArchiveFile:
@@ -227,7 +233,13 @@ class Archive(Closing):
     async def aread_file(self, path: str, *, max_file_size: int | None = None) -> bytes:
         """Async twin of :meth:`read_file`."""
         entry = self._whole_file_entry(path, max_file_size)
-        steps = read_whole_steps(entry, self._source.size, self._cache, self._pool, self._source)
+        steps = refetch_once(
+            self._source,
+            entry,
+            lambda: read_whole_steps(
+                entry, self._source.size, self._cache, self._pool, self._source
+            ),
+        )
         return await arun_steps(steps, self._source)
 
     async def aopen(self, path: str) -> AsyncArchiveFile:

@@ -33,7 +33,15 @@ from ._content import ContentCache
 from ._decode import MAX_FETCH, PayloadDecoder, check_extent
 from ._prefetch import Readahead, ReadaheadPool
 from ._source import ByteSource
-from ._steps import Steps, Wait, arun_steps, chunk_steps, run_steps, stream_payload
+from ._steps import (
+    Steps,
+    Wait,
+    arun_steps,
+    chunk_steps,
+    refetch_once,
+    run_steps,
+    stream_payload,
+)
 from ._types import Entry
 
 if TYPE_CHECKING:
@@ -126,7 +134,14 @@ class _FileCore:
         return self._spool is not None and self.entry.original_size <= SPOOL_MEMORY
 
     def read_steps(self, size: int) -> Steps[bytes]:
-        """Read up to ``size`` bytes (all the rest if negative) at the position, and advance."""
+        """Read up to ``size`` bytes (all the rest if negative) at the position, and advance.
+
+        A failed read leaves the position and the verified state as they were, so it can run
+        again from the origin after a bad cached block was dropped (``refetch_once``).
+        """
+        return refetch_once(self._source, self.entry, lambda: self._read_once(size))
+
+    def _read_once(self, size: int) -> Steps[bytes]:
         start = self.pos
         end = self.entry.original_size if size < 0 else min(self.entry.original_size, start + size)
         if start >= end:

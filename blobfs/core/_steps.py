@@ -25,13 +25,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import hashlib
+import logging
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar, cast
 
 import sniffio
 
-from ..errors import HashMismatch, SourceError
+from ..errors import HashMismatch, IntegrityError, SourceError
 from ._aio import run_sync_in_thread
 from ._content import ContentCache
 from ._decode import MAX_FETCH, PayloadDecoder, check_extent, decode_chunks, split_range
@@ -51,12 +52,52 @@ __all__ = [
     "chunk_steps",
     "fetch",
     "read_whole_steps",
+    "refetch_once",
     "run_steps",
     "stream_payload",
     "wait_done",
 ]
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+
+
+def _drop_cached_payload(source: ByteSource, entry: Entry) -> bool:
+    """Drop the block-cache copies of ``entry``'s payload; True when there were any.
+
+    Only a caching source (``CachedSource.invalidate``) holds copies; for any other source an
+    integrity failure is the origin's answer and reading again would not help.
+    """
+    invalidate = getattr(source, "invalidate", None)
+    if invalidate is None:
+        return False
+    try:
+        return bool(invalidate(entry.data_offset, entry.data_size))
+    except Exception as e:  # a cache error never fails a read; the first failure stands
+        logger.warning("%s: could not drop cached blocks: %s", entry.path, e)
+        return False
+
+
+def refetch_once(source: ByteSource, entry: Entry, make: Callable[[], Steps[T]]) -> Steps[T]:
+    """Run ``make()``; after an integrity failure, drop the cached blocks of the entry and run
+    it once more from the origin (ARCHITECTURE.md: a bad cache entry is dropped and refetched
+    once, a second mismatch is reported).
+
+    The block cache checks each block against damage on disk, but a block that arrived wrong
+    from the network is stored with a matching checksum: only the reader's SHA-256 catches it.
+    """
+    try:
+        return (yield from make())
+    except IntegrityError as e:
+        if not _drop_cached_payload(source, entry):
+            raise
+        logger.warning("%s; dropped the cached blocks, reading from the origin again", e)
+    try:
+        return (yield from make())
+    except IntegrityError:
+        _drop_cached_payload(source, entry)  # leave the cache clean of what the origin sent
+        raise
 
 
 @dataclass(frozen=True, slots=True)
