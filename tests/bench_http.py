@@ -75,8 +75,8 @@ def _one_big(size: int) -> Callable[[Path], None]:
 def _child_server(directory: Path) -> Iterator[str]:
     code = (
         "import sys, time\n"
-        "from tests._servers import serve_blobs\n"
-        "with serve_blobs(directory=sys.argv[1]) as s:\n"
+        "from pathlib import Path\nfrom tests._servers import serve_blobs\n"
+        "with serve_blobs(directory=Path(sys.argv[1])) as s:\n"
         "    print(s.url(''), flush=True)\n"
         "    sys.stdin.read()\n"
     )

@@ -15,11 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpcore
 import httpx
 import pytest
 import trio
 
 from blobfs.core import ByteSource
+from blobfs.core import http as http_module
 from blobfs.core._http_proto import MALFORMED_RETRIES
 from blobfs.core._http_wire import (
     BodyCollector,
@@ -30,7 +32,7 @@ from blobfs.core._http_wire import (
     parse_retry_after,
     redact_url,
 )
-from blobfs.core.http import HttpSource
+from blobfs.core.http import READ_SIZE, HttpSource, _big_reads
 from blobfs.errors import HttpError, SourceError
 from tests._servers import Fault, RangeServer, serve_blobs
 
@@ -616,3 +618,80 @@ def test_probe_failure_closes_the_client(srv: RangeServer, monkeypatch: pytest.M
         open_source(srv, retries=1)
     (client,) = made
     assert client.is_closed
+
+
+# ------------------------------------------------------------------------- socket read size
+
+
+def test_own_connections_read_big_chunks_and_others_keep_the_default(
+    srv: RangeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from httpcore._backends.sync import SyncStream
+
+    asked: list[int] = []
+    read = SyncStream.read
+
+    def spy(self: SyncStream, max_bytes: int, timeout: float | None = None) -> bytes:
+        asked.append(max_bytes)
+        return read(self, max_bytes, timeout)
+
+    monkeypatch.setattr(SyncStream, "read", spy)
+    with open_source(srv) as src:
+        src.read_at(0, 100)  # the first answer tunes the connection...
+        asked.clear()
+        assert src.read_at(0, len(BLOB)) == BLOB  # ...so this one reads in big pieces
+    assert set(asked) == {READ_SIZE}
+
+    # Nothing leaks to other clients: the class attribute, a fresh client, a client passed in.
+    assert httpcore.HTTP11Connection.READ_NUM_BYTES == 64 * 1024
+    with httpx.Client() as fresh, open_source(srv, client=fresh) as given:
+        asked.clear()
+        assert fresh.get(srv.url("blob")).content == BLOB
+        assert given.read_at(0, len(BLOB)) == BLOB
+    assert set(asked) == {64 * 1024}
+
+
+@pytest.mark.trio
+async def test_async_connections_read_big_chunks(srv: RangeServer) -> None:
+    async with await HttpSource.aconnect(srv.url("blob")) as src:
+        assert await src.aread_at(0, len(BLOB)) == BLOB
+        client = src._async_client
+        assert client is not None
+        connections = client._transport._pool.connections  # type: ignore[attr-defined]
+        assert [c._connection.READ_NUM_BYTES for c in connections] == [READ_SIZE]
+        assert httpcore.AsyncHTTP11Connection.READ_NUM_BYTES == 64 * 1024
+
+
+def test_read_size_tuning_falls_back_when_httpcore_changes(
+    srv: RangeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Slotted:
+        __slots__ = ("READ_NUM_BYTES",)
+
+        def __init__(self) -> None:
+            self.READ_NUM_BYTES = 1
+
+    class Conn:
+        def __init__(self, inner: object) -> None:
+            self._connection = inner
+
+    class BadPool:
+        @property
+        def connections(self) -> list[object]:
+            raise RuntimeError("changed")
+
+    # Pools or connections of another shape are left alone, never an error.
+    for pool in (None, object(), BadPool()):
+        _big_reads(pool)
+    monkeypatch.setattr(http_module, "_HTTP11_TYPES", (Slotted,))
+    slotted = Slotted()
+    _big_reads(type("Pool", (), {"connections": [Conn(slotted), Conn(None), object()]})())
+    assert slotted.READ_NUM_BYTES == 1
+    # Without the classes it knows, the source reads with httpcore's defaults.
+    monkeypatch.setattr(http_module, "_HTTP11_TYPES", ())
+    with open_source(srv) as src:
+        assert src.read_at(0, len(BLOB)) == BLOB
+        client = src._client
+        assert client is not None
+        connections = client._transport._pool.connections  # type: ignore[attr-defined]
+        assert [c._connection.READ_NUM_BYTES for c in connections] == [64 * 1024]
