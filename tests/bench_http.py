@@ -63,10 +63,11 @@ def _small_dir(src: Path) -> None:
 
 def _one_big(size: int) -> Callable[[Path], None]:
     def build(src: Path) -> None:
+        # Every MiB distinct: identical chunks would be served by the content cache after the
+        # first one, and the "cold" figure would measure the cache.
         with open(src / "big.bin", "wb") as f:
-            chunk = os.urandom(1 << 20)
             for _ in range(size >> 20):
-                f.write(chunk)
+                f.write(os.urandom(1 << 20))
 
     return build
 
@@ -152,24 +153,32 @@ def _read_all(ar: Archive, path: str, piece: int = 1 << 20) -> int:
 
 
 def throughput_rows(base: Path, size: int) -> list[Row]:
-    arch = _archive(base, f"http-big-{size >> 20}M", _one_big(size))
+    arch = _archive(base, f"http-big-random-{size >> 20}M", _one_big(size))
     cold: list[float] = []
+    filling: list[float] = []
     warm: list[float] = []
+
+    def timed(ar: Archive) -> float:
+        t0 = time.perf_counter()
+        assert _read_all(ar, "big.bin") == size
+        return size / (time.perf_counter() - t0)
+
     with _child_server(arch) as url:
         for _ in range(RUNS):
-            with tempfile.TemporaryDirectory(dir=base) as cache:
-                ar = _open(url, Path(cache))
-                t0 = time.perf_counter()
-                assert _read_all(ar, "big.bin") == size
-                cold.append(size / (time.perf_counter() - t0))
-                t0 = time.perf_counter()
-                assert _read_all(ar, "big.bin") == size
-                warm.append(size / (time.perf_counter() - t0))
-                ar.close()
-    label = f"{size >> 20} MiB chunked file, sequential 1 MiB reads"
+            with _open(url, None) as ar:
+                cold.append(timed(ar))
+            with tempfile.TemporaryDirectory(dir=base) as cache, _open(url, Path(cache)) as ar:
+                filling.append(timed(ar))
+                warm.append(timed(ar))
+    label = f"{size >> 20} MiB chunked file, 1 MiB reads"
+
+    def mbs(xs: list[float]) -> str:
+        return f"{statistics.median(xs) / 1e6:.0f} MB/s"
+
     return [
-        (f"{label}, cold over HTTP", f"{statistics.median(cold) / 1e6:.0f} MB/s", ">= 400 MB/s"),
-        (f"{label}, warm (caches)", f"{statistics.median(warm) / 1e6:.0f} MB/s", ">= 1 GB/s"),
+        (f"{label}, cold over HTTP, no caches", mbs(cold), ">= 400 MB/s"),
+        (f"{label}, cold over HTTP, filling caches", mbs(filling), ""),
+        (f"{label}, warm (content cache)", mbs(warm), ">= 1 GB/s"),
     ]
 
 
