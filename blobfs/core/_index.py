@@ -48,9 +48,10 @@ entry (16 K small objects for 1 M entries) buys a binary search that is mostly i
 _LIST_WINDOW: Final = 1024
 """Paths examined together by ``listdir`` between two subdirectories."""
 
-_WALK_BATCH: Final = 4096
-"""Entries decoded together by ``walk``: large enough to amortise numpy, small enough to keep
-a partial walk cheap."""
+_WALK_BATCH: Final = 1024
+"""Entries decoded together by ``walk``: enough to amortise the numpy calls, few enough that a
+batch's tuples stay in the CPU caches (1,024 walked a million entries in a median 2.3 s here,
+4,096 in 3.0 s and 16,384 in 3.7 s)."""
 
 _DIRENTRY_NEW: Final = functools.partial(tuple.__new__, DirEntry)
 _FIRST: Final = operator.itemgetter(0)
