@@ -25,10 +25,10 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from types import TracebackType
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Final
 
 from ._aio import checkpoint
+from ._closing import AsyncClosing
 from ._content import ContentCache
 from ._decode import MAX_FETCH, PayloadDecoder, check_extent
 from ._prefetch import Readahead, ReadaheadPool
@@ -241,7 +241,27 @@ class _FileCore:
             self._spool = None
 
 
-class ArchiveFile(io.RawIOBase):
+class _Described:
+    """What both file objects say about the file they read."""
+
+    __slots__ = ()
+    _core: _FileCore
+
+    @property
+    def name(self) -> str:
+        """The archive path of the file."""
+        return self._core.entry.path
+
+    @property
+    def entry(self) -> Entry:
+        return self._core.entry
+
+    @property
+    def size(self) -> int:
+        return self._core.entry.original_size
+
+
+class ArchiveFile(_Described, io.RawIOBase):
     """A read-only, seekable binary file over one archive entry (see the module docstring).
 
     ``read(n)`` returns exactly ``min(n, size - position)`` bytes, all verified. Errors:
@@ -268,19 +288,6 @@ class ArchiveFile(io.RawIOBase):
         super().__init__()
         self._core = _FileCore(entry, source, cache, pool)
         self._source = source
-
-    @property
-    def name(self) -> str:
-        """The archive path of the file."""
-        return self._core.entry.path
-
-    @property
-    def entry(self) -> Entry:
-        return self._core.entry
-
-    @property
-    def size(self) -> int:
-        return self._core.entry.original_size
 
     def readable(self) -> bool:
         return True
@@ -326,7 +333,7 @@ class ArchiveFile(io.RawIOBase):
         return f"<ArchiveFile {self.name!r} size={self.size}>"
 
 
-class AsyncArchiveFile:
+class AsyncArchiveFile(_Described, AsyncClosing):
     """The async twin of :class:`ArchiveFile`, for trio or asyncio code.
 
     Same algorithm and guarantees; fetches go through ``source.aread_at`` and decoding and
@@ -352,18 +359,6 @@ class AsyncArchiveFile:
         self._core = _FileCore(entry, source, cache, pool)
         self._source = source
         self._busy = False
-
-    @property
-    def name(self) -> str:
-        return self._core.entry.path
-
-    @property
-    def entry(self) -> Entry:
-        return self._core.entry
-
-    @property
-    def size(self) -> int:
-        return self._core.entry.original_size
 
     @property
     def closed(self) -> bool:
@@ -407,17 +402,6 @@ class AsyncArchiveFile:
         if self._busy:
             raise RuntimeError("cannot close a file while a task is reading it")
         self._core.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"<AsyncArchiveFile {self.name!r} size={self.size}>"

@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Self, TypeVar
 
 import anyio
@@ -27,6 +26,7 @@ import sniffio
 
 from ..errors import SourceError
 from ._aio import checkpoint
+from ._closing import AsyncClosing, Closing
 from ._http_proto import (
     BodyCollector,
     Done,
@@ -145,7 +145,7 @@ def _loop_token() -> object:
     return asyncio.get_running_loop()
 
 
-class HttpSource:
+class HttpSource(Closing, AsyncClosing):
     """A :class:`~blobfs.core.ByteSource` over HTTP range requests to one URL.
 
     ``HttpSource(url)`` learns the size with one ``GET Range: bytes=0-0`` (synchronously;
@@ -529,28 +529,6 @@ class HttpSource:
                 await async_client.aclose()
         finally:
             self.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"HttpSource({self._settings.display_url!r}, size={self._size})"
