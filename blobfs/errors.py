@@ -18,27 +18,39 @@ Each error carries what a user needs to act on it: the path, the expected and ac
     ├── FileTooLarge            a whole-file read exceeds ``max_file_size``
     ├── SourceError             the data source failed (I/O error, short read, out of range)
     │   └── HttpError           an HTTP source failed: status, malformed answer, network
-    └── CreateError             creating an archive failed
-        ├── TooManyFiles        more regular files than ``max_files``
-        └── FileChanged         a source file changed while it was archived
+    ├── CreateError             creating an archive failed
+    │   ├── TooManyFiles        more regular files than ``max_files``
+    │   └── FileChanged         a source file changed while it was archived
+    └── RegistryError           an OCI registry operation failed (reference, URL, status)
+        ├── RegistryNotFound    the registry answered 404 for a manifest, blob or repository
+        ├── InvalidManifest     a manifest is not a blobfs archive manifest (or not JSON)
+        ├── DigestMismatch      content fetched from a registry differs from its digest
+        ├── InvalidReference    not ``host[:port]/repo[:tag][@digest]`` (also a ValueError)
+        └── AuthError           credentials missing, unreadable or refused; token exchange failed
 """
 
 from __future__ import annotations
 
 __all__ = [
     "ArchivePathError",
+    "AuthError",
     "BlobfsError",
     "CorruptIndex",
     "CreateError",
+    "DigestMismatch",
     "FileChanged",
     "FileTooLarge",
     "HashMismatch",
     "HttpError",
     "IntegrityError",
+    "InvalidManifest",
     "InvalidPath",
+    "InvalidReference",
     "IsADirectory",
     "NotADirectory",
     "NotFound",
+    "RegistryError",
+    "RegistryNotFound",
     "SourceError",
     "TooManyFiles",
 ]
@@ -149,3 +161,57 @@ class FileChanged(CreateError):
     def __init__(self, path: str, what: str) -> None:
         super().__init__(f"file changed during archive creation: {path} ({what})")
         self.path = path
+
+
+class RegistryError(BlobfsError):
+    """An OCI registry operation failed.
+
+    The message names the reference and, for HTTP failures, the URL (query string redacted) and
+    the status; credentials never appear. ``status`` is the last HTTP status or None.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RegistryNotFound(RegistryError):
+    """The registry has no such manifest, tag, blob or repository (HTTP 404)."""
+
+
+class InvalidManifest(RegistryError):
+    """A manifest is not a blobfs archive manifest: not JSON, wrong schema or media type, another
+    artifactType, missing or duplicate index/data layers, or an image index."""
+
+
+class DigestMismatch(RegistryError):
+    """Content fetched from (or acknowledged by) a registry does not match its digest."""
+
+    def __init__(self, what: str, expected: str, actual: str) -> None:
+        super().__init__(f"{what}: digest mismatch: expected {expected}, got {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class InvalidReference(RegistryError, ValueError):
+    """Text is not a valid registry reference; the message names the offending part."""
+
+    def __init__(self, text: str, problem: str) -> None:
+        super().__init__(f"invalid reference {text!r}: {problem}")
+        self.text = text
+        self.problem = problem
+
+
+class AuthError(RegistryError):
+    """Authentication failed: no or unreadable credentials, refused credentials, token exchange.
+
+    ``registry`` is the registry host (``host[:port]``) and ``status`` the HTTP status that ended
+    the attempt (None when no request was involved, e.g. a broken docker config).
+    """
+
+    def __init__(self, registry: str, message: str, *, status: int | None = None) -> None:
+        text = f"{registry}: {message}"
+        if status is not None:
+            text += f" (HTTP {status})"
+        super().__init__(text, status=status)
+        self.registry = registry

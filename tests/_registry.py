@@ -9,7 +9,9 @@ Usage::
         url = reg.blob_url("repo/name", digest)         # GET answers ranges
 
 The registry listens on ``127.0.0.1`` on a free port, stores into a temporary directory, and is
-stopped (and waited for) when the context exits. ``docker-registry`` comes from the project's
+stopped (and waited for) when the context exits. ``htpasswd={"user": "pass"}`` turns on Basic auth
+(bcrypt htpasswd file); ``token=TokenServer(...)`` (tests/_token_server.py) turns on Bearer token
+auth. ``push_blob`` is for registries without auth. ``docker-registry`` comes from the project's
 set-up (``scripts/setup.sh``); without it the fixture skips.
 """
 
@@ -20,12 +22,16 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from tests._token_server import TokenServer
 
 __all__ = ["LocalRegistry", "local_registry"]
 
@@ -65,8 +71,40 @@ class LocalRegistry:
         self._http.close()
 
 
+def _auth_config(
+    workdir: Path, htpasswd: Mapping[str, str] | None, token: TokenServer | None
+) -> str:
+    if htpasswd is not None and token is not None:
+        raise ValueError("choose htpasswd or token auth, not both")
+    if htpasswd is not None:
+        import bcrypt
+
+        path = workdir / "registry.htpasswd"
+        path.write_text(
+            "".join(
+                f"{user}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
+                for user, pw in htpasswd.items()
+            )
+        )
+        return f"auth:\n  htpasswd:\n    realm: blobfs-test\n    path: {path}\n"
+    if token is not None:
+        return (
+            "auth:\n  token:\n"
+            f"    realm: {token.realm}\n"
+            f"    service: {token.service}\n"
+            f"    issuer: {token.issuer}\n"
+            f"    rootcertbundle: {token.cert_path}\n"
+        )
+    return ""
+
+
 @contextmanager
-def local_registry(workdir: Path) -> Iterator[LocalRegistry]:
+def local_registry(
+    workdir: Path,
+    *,
+    htpasswd: Mapping[str, str] | None = None,
+    token: TokenServer | None = None,
+) -> Iterator[LocalRegistry]:
     exe = shutil.which("docker-registry")
     if exe is None:
         pytest.skip("docker-registry is not installed (run make setup)")
@@ -80,7 +118,7 @@ def local_registry(workdir: Path) -> Iterator[LocalRegistry]:
         "storage:\n"
         f"  filesystem:\n    rootdirectory: {storage}\n"
         "  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n" + _auth_config(workdir, htpasswd, token)
     )
     log = open(workdir / "registry.log", "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
@@ -90,7 +128,8 @@ def local_registry(workdir: Path) -> Iterator[LocalRegistry]:
         deadline = time.monotonic() + _START_TIMEOUT
         while True:
             try:
-                if httpx.get(f"{base}/v2/", timeout=1).status_code == 200:
+                # 401 is the healthy answer of a registry with auth.
+                if httpx.get(f"{base}/v2/", timeout=1).status_code in (200, 401):
                     break
             except httpx.TransportError:
                 pass

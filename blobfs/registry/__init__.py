@@ -1,0 +1,61 @@
+"""blobfs.registry: archives in OCI registries: references, credentials, auth, the client.
+
+Public API::
+
+    ref = Reference.parse("127.0.0.1:5000/team/app:v1")  # host[:port]/repo[:tag][@sha256:..]
+    scheme_for(ref, insecure_hosts)       # "http" only for loopback or insecure hosts
+    store = CredentialStore()             # explicit, $REGISTRY_AUTH_FILE, docker config
+    reg = Registry(auth=RegistryAuth(store))
+    manifest = reg.push(ref, "src/", tags=["latest"])   # chunked uploads, manifest last
+    with reg.pull(ref) as archive: ...    # index verified; data read lazily by ranges
+    reg.fetch(ref), reg.tag(ref, digest), reg.inspect(ref), reg.list_tags(ref),
+    reg.referrers(ref, artifact_type)
+"""
+
+from __future__ import annotations
+
+from ._auth import Challenge as Challenge
+from ._auth import RegistryAuth as RegistryAuth
+from ._auth import parse_challenges as parse_challenges
+from ._client import Inspection as Inspection
+from ._client import Registry as Registry
+from ._client import RemoteArchive as RemoteArchive
+from ._credentials import Credentials as Credentials
+from ._credentials import CredentialStore as CredentialStore
+from ._credentials import normalize_host as normalize_host
+from ._manifest import ARTIFACT_TYPE as ARTIFACT_TYPE
+from ._manifest import DATA_MEDIA_TYPE as DATA_MEDIA_TYPE
+from ._manifest import INDEX_MEDIA_TYPE as INDEX_MEDIA_TYPE
+from ._manifest import OCI_INDEX as OCI_INDEX
+from ._manifest import OCI_MANIFEST as OCI_MANIFEST
+from ._manifest import Descriptor as Descriptor
+from ._manifest import Manifest as Manifest
+from ._manifest import build_manifest as build_manifest
+from ._reference import Reference as Reference
+from ._reference import is_loopback as is_loopback
+from ._reference import scheme_for as scheme_for
+from ._reference import split_host_port as split_host_port
+
+__all__ = [
+    "ARTIFACT_TYPE",
+    "DATA_MEDIA_TYPE",
+    "INDEX_MEDIA_TYPE",
+    "OCI_INDEX",
+    "OCI_MANIFEST",
+    "Challenge",
+    "CredentialStore",
+    "Credentials",
+    "Descriptor",
+    "Inspection",
+    "Manifest",
+    "Reference",
+    "Registry",
+    "RegistryAuth",
+    "RemoteArchive",
+    "build_manifest",
+    "is_loopback",
+    "normalize_host",
+    "parse_challenges",
+    "scheme_for",
+    "split_host_port",
+]

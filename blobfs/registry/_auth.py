@@ -1,0 +1,397 @@
+"""The registry auth flow: anonymous, Basic, and the Bearer token flow, as one ``httpx.Auth``.
+
+Every registry request (API calls and data-blob range requests alike) goes through
+:class:`RegistryAuth`. One sans-IO generator (:meth:`RegistryAuth._flow`) drives both the sync and
+the async client: it yields requests — the registry request and, when needed, token requests —
+and receives their responses; the sync and async wrappers only differ in how they read a token
+response's body. Registry response bodies are never read here, so blob downloads stream.
+
+The flow, per request:
+
+* a request that already carries ``Authorization`` is sent untouched;
+* once a host is known to want Basic, Basic goes with the first request; once it is known to want
+  Bearer and the request's scope can be derived from its path (``/v2/<repo>/{manifests,blobs,
+  tags,referrers}/``: ``pull`` for GET/HEAD, ``pull,push`` for POST/PUT/PATCH), a cached or freshly
+  fetched token goes with the first request;
+* otherwise the request goes anonymously; on 401 (or 403 with ``error="insufficient_scope"``)
+  the ``WWW-Authenticate`` challenge is answered: Basic with the store's credentials, or a token
+  fetched from the Bearer realm for the challenge's ``service`` and ``scope`` and the request
+  resent. A token the registry refuses is dropped from the cache and fetched once more (it may
+  have expired early); a fresh token or Basic credentials refused again end in :class:`AuthError`.
+
+Tokens: GET ``realm?service=..&scope=..`` with Basic credentials when the store has a password
+(anonymous otherwise); with an identity token, POST the OAuth2 form ``grant_type=refresh_token``
+as docker does. Cached per (realm, service, scope) until ``expires_in`` (default 60 s) minus a
+small margin. Concurrent requests needing the same missing token may each fetch it (no
+single-flight across threads and tasks); the cache itself is lock-protected.
+
+Secrets (passwords, tokens, ``Authorization`` values) never appear in a log line or a message.
+Request bodies must be replayable (bytes) for a request that meets a challenge: send a cheap
+request (upload POST, HEAD) before a streaming upload, and the token is then attached up front.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import threading
+import time
+from collections.abc import AsyncGenerator, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from ..errors import AuthError
+from ._credentials import Credentials, CredentialStore
+from ._reference import is_loopback
+
+__all__ = ["Challenge", "RegistryAuth", "parse_challenges"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOKEN_LIFETIME = 60.0
+"""Seconds a token lives when the server omits ``expires_in`` (the distribution token spec)."""
+
+REFRESH_MARGIN = 10.0
+"""Tokens are refreshed this many seconds (at most a tenth of their lifetime) before expiring,
+so a request does not leave with a token that expires in flight."""
+
+MAX_TOKEN_RESPONSE = 1 << 20
+"""A token answer announcing a larger body is refused (real ones are a few KiB)."""
+
+_MAX_ROUNDS = 4
+"""Challenges answered per request: anonymous -> token -> refreshed token, plus one for a scope
+upgrade; more means the registry and token server disagree and looping would not help."""
+
+_CLIENT_ID = "blobfs"
+
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_PARAM = re.compile(rf"\s*({_TOKEN})\s*=\s*(\"(?:[^\"\\]|\\.)*\"|{_TOKEN})\s*")
+_SCHEME = re.compile(rf"\s*({_TOKEN})")
+_TOKEN68 = re.compile(r"\s*[A-Za-z0-9._~+/-]+=*\s*(?=,|$)")
+_REPO_PATH = re.compile(r"^/v2/(.+?)/(?:manifests|blobs|tags|referrers)/")
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """One ``WWW-Authenticate`` challenge: lowercase ``scheme`` and parameters (lowercase keys)."""
+
+    scheme: str
+    params: dict[str, str] = field(default_factory=dict)
+
+
+def parse_challenges(values: list[str]) -> list[Challenge]:
+    """Parse ``WWW-Authenticate`` header values (RFC 7235; several challenges per value allowed).
+
+    Malformed trailing text is ignored; what parsed before it is returned.
+    """
+    challenges: list[Challenge] = []
+    for text in values:
+        pos = 0
+        while pos < len(text):
+            while pos < len(text) and text[pos] in " \t,":
+                pos += 1
+            m = _SCHEME.match(text, pos)
+            if m is None:
+                break
+            scheme, pos = m.group(1).lower(), m.end()
+            params: dict[str, str] = {}
+            t68 = _TOKEN68.match(text, pos)
+            if t68 is not None and _PARAM.match(text, pos) is None:
+                pos = t68.end()
+            while True:
+                p = _PARAM.match(text, pos)
+                if p is None:
+                    break
+                value = p.group(2)
+                if value.startswith('"'):
+                    value = re.sub(r"\\(.)", r"\1", value[1:-1])
+                params[p.group(1).lower()] = value
+                pos = p.end()
+                if pos < len(text) and text[pos] == ",":
+                    pos += 1
+            challenges.append(Challenge(scheme, params))
+    return challenges
+
+
+def infer_scope(request: httpx.Request) -> str | None:
+    """The token scope a registry request needs, from its method and path; None if unknown."""
+    m = _REPO_PATH.match(request.url.path)
+    if m is None:
+        return None
+    if request.method in ("GET", "HEAD"):
+        actions = "pull"
+    elif request.method in ("POST", "PUT", "PATCH"):
+        actions = "pull,push"
+    else:
+        return None
+    return f"repository:{m.group(1)}:{actions}"
+
+
+def _basic_header(creds: Credentials) -> str:
+    raw = f"{creds.username}:{creds.password}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def _who(creds: Credentials | None) -> str:
+    if creds is None:
+        return "anonymous access"
+    if creds.identity_token is not None and not creds.password:
+        return "the identity token"
+    return f"user {creds.username!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    value: str = field(repr=False)
+    expires_at: float
+
+    def valid(self, now: float) -> bool:
+        return now < self.expires_at
+
+
+_TokenKey = tuple[str, str, str]
+"""(realm, service, scope)."""
+
+_Flow = Generator[tuple[httpx.Request, bool], httpx.Response, None]
+"""Yields (request, whether its response body is needed), receives the response."""
+
+
+class RegistryAuth(httpx.Auth):
+    """httpx auth for OCI registries: anonymous, Basic and Bearer tokens with a token cache.
+
+    ``credentials`` resolves per-host credentials (default: none, i.e. anonymous; pass a
+    :class:`CredentialStore` to read the docker config). One instance may serve several clients
+    and threads, sync and async: the token cache and the host memo are lock-protected.
+
+    Raises :class:`AuthError` from the request when credentials are needed but missing, refused,
+    or the token exchange fails; other statuses (403 without insufficient scope, 404) are returned.
+    """
+
+    requires_request_body = False
+    requires_response_body = False
+
+    def __init__(
+        self, credentials: CredentialStore | None = None, *, clock: Any = time.monotonic
+    ) -> None:
+        self._store = credentials or CredentialStore(docker_config=False, auth_file=False)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._tokens: dict[_TokenKey, _Token] = {}
+        # host -> ("basic",) or ("bearer", realm, service): how the host last challenged us.
+        self._hosts: dict[str, tuple[str, ...]] = {}
+
+    # -- httpx entry points --------------------------------------------------------------------
+
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        flow = self._flow(request)
+        req, need_body = next(flow)
+        while True:
+            response = yield req
+            if need_body:
+                response.read()
+            try:
+                req, need_body = flow.send(response)
+            except StopIteration:
+                return
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        flow = self._flow(request)
+        req, need_body = next(flow)
+        while True:
+            response = yield req
+            if need_body:
+                await response.aread()
+            try:
+                req, need_body = flow.send(response)
+            except StopIteration:
+                return
+
+    def clear(self) -> None:
+        """Forget every cached token and what each host asked for."""
+        with self._lock:
+            self._tokens.clear()
+            self._hosts.clear()
+
+    # -- the sans-IO flow ----------------------------------------------------------------------
+
+    def _flow(self, request: httpx.Request) -> _Flow:
+        if "Authorization" in request.headers:
+            yield request, False
+            return
+        host = request.url.netloc.decode("ascii")
+        with self._lock:
+            memo = self._hosts.get(host)
+        sent_basic = False
+        sent_key: _TokenKey | None = None
+        fresh: set[_TokenKey] = set()
+
+        if memo is not None and memo[0] == "basic":
+            creds = self._store.get(host)
+            if creds is not None and creds.has_password:
+                request.headers["Authorization"] = _basic_header(creds)
+                sent_basic = True
+        elif memo is not None and memo[0] == "bearer":
+            scope = infer_scope(request)
+            if scope is not None:
+                key = (memo[1], memo[2], scope)
+                token = yield from self._token(host, request, key, fresh)
+                request.headers["Authorization"] = f"Bearer {token}"
+                sent_key = key
+
+        response = yield request, False
+        for _ in range(_MAX_ROUNDS):
+            challenge = self._challenge(response)
+            if challenge is None:
+                return
+            if challenge.scheme == "basic":
+                creds = self._store.get(host)
+                if creds is None or not creds.has_password:
+                    raise AuthError(
+                        host,
+                        "the registry requires Basic authentication and no credentials are "
+                        "configured for it",
+                        status=response.status_code,
+                    )
+                if sent_basic:
+                    self._store.forget(host)
+                    raise AuthError(
+                        host,
+                        f"the registry refused the credentials of {_who(creds)}",
+                        status=response.status_code,
+                    )
+                with self._lock:
+                    self._hosts[host] = ("basic",)
+                request.headers["Authorization"] = _basic_header(creds)
+                sent_basic = True
+            else:
+                realm = challenge.params.get("realm", "")
+                service = challenge.params.get("service", "")
+                scope = challenge.params.get("scope") or infer_scope(request) or ""
+                key = (realm, service, scope)
+                if key in fresh:
+                    raise AuthError(
+                        host,
+                        f"the registry refused a fresh token for {scope or 'its API'} "
+                        f"({_who(self._store.get(host))})",
+                        status=response.status_code,
+                    )
+                if key == sent_key:
+                    self._drop(key)  # expired or revoked early: fetch a new one
+                with self._lock:
+                    self._hosts[host] = ("bearer", realm, service)
+                token = yield from self._token(host, request, key, fresh)
+                request.headers["Authorization"] = f"Bearer {token}"
+                sent_key = key
+            response = yield request, False
+        if self._challenge(response) is not None:
+            raise AuthError(host, "authentication did not settle", status=response.status_code)
+
+    @staticmethod
+    def _challenge(response: httpx.Response) -> Challenge | None:
+        """The challenge to answer, or None when the response is final."""
+        status = response.status_code
+        if status not in (401, 403):
+            return None
+        challenges = parse_challenges(response.headers.get_list("WWW-Authenticate"))
+        bearer = next((c for c in challenges if c.scheme == "bearer"), None)
+        if status == 403:
+            if bearer is not None and bearer.params.get("error") == "insufficient_scope":
+                return bearer
+            return None
+        if bearer is not None and bearer.params.get("realm"):
+            return bearer
+        return next((c for c in challenges if c.scheme == "basic"), None)
+
+    def _drop(self, key: _TokenKey) -> None:
+        with self._lock:
+            self._tokens.pop(key, None)
+
+    def _token(
+        self, host: str, request: httpx.Request, key: _TokenKey, fresh: set[_TokenKey]
+    ) -> Generator[tuple[httpx.Request, bool], httpx.Response, str]:
+        """A valid token for ``key``: from the cache, or fetched (yielding the token request)."""
+        with self._lock:
+            cached = self._tokens.get(key)
+        if cached is not None and cached.valid(self._clock()):
+            return cached.value
+        realm, _, scope = key
+        creds = self._store.get(host)
+        token_request = self._token_request(host, request, key, creds)
+        log.debug("fetching a registry token from %s for %s", realm, scope or "the API")
+        response = yield token_request, True
+        token = self._parse_token(host, realm, response, creds)
+        fresh.add(key)
+        with self._lock:
+            self._tokens[key] = token
+        return token.value
+
+    def _token_request(
+        self, host: str, request: httpx.Request, key: _TokenKey, creds: Credentials | None
+    ) -> httpx.Request:
+        realm, service, scope = key
+        try:
+            url = httpx.URL(realm)
+        except httpx.InvalidURL:
+            raise AuthError(host, "the registry's token realm is not a URL") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise AuthError(host, f"the registry's token realm {realm!r} is not an http(s) URL")
+        if (
+            creds is not None
+            and url.scheme == "http"
+            and request.url.scheme == "https"
+            and not is_loopback(url.netloc.decode("ascii"))
+        ):
+            raise AuthError(
+                host, f"refusing to send credentials to the plain-HTTP token realm {realm!r}"
+            )
+        scopes = scope.split() if scope else []
+        if creds is not None and creds.identity_token is not None:
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": creds.identity_token,
+                "client_id": _CLIENT_ID,
+                "service": service,
+                "scope": " ".join(scopes),
+            }
+            return httpx.Request("POST", url, data=form)
+        if service:
+            url = url.copy_add_param("service", service)
+        for s in scopes:
+            url = url.copy_add_param("scope", s)
+        headers = {}
+        if creds is not None and creds.has_password:
+            headers["Authorization"] = _basic_header(creds)
+        return httpx.Request("GET", url, headers=headers)
+
+    def _parse_token(
+        self, host: str, realm: str, response: httpx.Response, creds: Credentials | None
+    ) -> _Token:
+        status = response.status_code
+        if status in (401, 403):
+            raise AuthError(host, f"the token server {realm} refused {_who(creds)}", status=status)
+        if status != 200:
+            raise AuthError(host, f"the token server {realm} failed", status=status)
+        length = response.headers.get("Content-Length")
+        if length is not None and length.isdecimal() and int(length) > MAX_TOKEN_RESPONSE:
+            raise AuthError(host, f"the token server {realm} sent an oversized answer")
+        try:
+            body = response.json()
+        except ValueError:
+            raise AuthError(host, f"the token server {realm} did not answer JSON") from None
+        if not isinstance(body, dict):
+            raise AuthError(host, f"the token server {realm} answered no token")
+        value = body.get("token") or body.get("access_token")
+        if not isinstance(value, str) or not value:
+            raise AuthError(host, f"the token server {realm} answered no token")
+        lifetime = body.get("expires_in")
+        if not isinstance(lifetime, int | float) or isinstance(lifetime, bool) or lifetime <= 0:
+            lifetime = DEFAULT_TOKEN_LIFETIME
+        margin = min(REFRESH_MARGIN, lifetime / 10)
+        return _Token(value, self._clock() + lifetime - margin)

@@ -1,0 +1,807 @@
+"""The synchronous OCI registry client of blobfs: :class:`Registry`.
+
+Push, pull (lazy, range requests), fetch, inspect, tag, list tags and referrers of blobfs
+archives in any OCI distribution registry, over one pooled ``httpx.Client``. Manifests are kept
+as the exact raw bytes received or built; every blob fetched is checked against its digest
+before use; uploads stream from files in chunks and never hold a blob in memory.
+
+An asynchronous twin is not written yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import httpx
+
+from ..core import Archive, Compression, Index, create_blob
+from ..core.cache import BlockCache, Cache
+from ..core.http import HttpSource
+from ..errors import DigestMismatch, InvalidManifest, RegistryError, RegistryNotFound
+from ._manifest import (
+    DATA_MEDIA_TYPE,
+    DOCKER_MANIFEST_LIST,
+    DOCKER_MANIFEST_V2,
+    EMPTY_CONFIG,
+    EMPTY_CONFIG_DIGEST,
+    INDEX_MEDIA_TYPE,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    Manifest,
+    build_manifest,
+    digest_of,
+)
+from ._reference import Reference as _Reference
+from ._reference import scheme_for
+
+__all__ = ["Inspection", "ReferenceLike", "Registry", "RemoteArchive"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds for connecting and for each socket read/write: a slow registry's first byte fits,
+a dead one becomes a retry and then an error instead of a hang."""
+
+DEFAULT_RETRIES = 2
+"""Retries after the first attempt on 5xx/429/connection errors (3 attempts in all): rides out
+a registry restart or a short rate-limit burst without making a failing call slow."""
+
+DEFAULT_BACKOFF = 0.2
+"""First backoff in seconds, doubled per retry (0.2 s, 0.4 s); ``Retry-After`` up to
+:data:`MAX_RETRY_AFTER` is obeyed instead."""
+
+MAX_RETRY_AFTER = 10.0
+"""Longest ``Retry-After`` honoured; a longer one fails the call rather than hanging it."""
+
+DEFAULT_CHUNK_SIZE = 8 << 20
+"""Bytes per PATCH of a chunked upload: large enough that per-request cost is small next to the
+transfer, small enough to bound memory (one chunk in flight) and the work lost to a failure."""
+
+MAX_MANIFEST_SIZE = 4 << 20
+"""Largest manifest or referrers index read (the limit registries themselves apply): a hostile
+registry cannot make us buffer an endless body."""
+
+DEFAULT_MAX_INDEX_SIZE = 64 << 20
+"""Largest index blob :meth:`Registry.pull` accepts (about 500,000 entries)."""
+
+DEFAULT_MAX_FILE_SIZE = 256 << 20
+"""Default whole-file read limit of pulled archives (as the Go reference)."""
+
+TAGS_PAGE = 1000
+"""Tags asked per page of ``/tags/list``; the ``Link`` header drives further pages."""
+
+_MAX_PAGES = 10_000
+"""Safety stop for ``Link`` pagination loops (10 million tags)."""
+
+_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+"""Statuses worth retrying: the server may succeed a moment later."""
+
+_MANIFEST_ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST_V2, DOCKER_MANIFEST_LIST))
+"""Accept list of manifest GETs: the OCI manifest, plus what we must recognise to reject
+clearly (a registry answers 404 rather than a type not accepted)."""
+
+
+class ReferenceLike(Protocol):
+    """What the client needs of a parsed reference (``blobfs.registry._reference.Reference``).
+
+    ``registry`` is ``host[:port]``; ``tag`` and/or ``digest`` may be None; ``str()`` gives the
+    reference back for messages.
+    """
+
+    @property
+    def registry(self) -> str: ...
+    @property
+    def repository(self) -> str: ...
+    @property
+    def tag(self) -> str | None: ...
+    @property
+    def digest(self) -> str | None: ...
+
+
+def _parse_ref(ref: ReferenceLike | str, default_tag: str | None = None) -> ReferenceLike:
+    return _Reference.parse(ref, default_tag=default_tag) if isinstance(ref, str) else ref
+
+
+def _redact(url: httpx.URL | str) -> str:
+    """The URL without query string or user info (upload locations carry state tokens)."""
+    u = httpx.URL(str(url))
+    return str(u.copy_with(query=None, userinfo=b"")) + ("?…" if u.query else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    """What :meth:`Registry.inspect` reports: the manifest, the verified index and sizes."""
+
+    reference: str
+    manifest: Manifest
+    index: Index
+    index_size: int
+    data_size: int
+
+    @property
+    def digest(self) -> str:
+        return self.manifest.digest
+
+    @property
+    def file_count(self) -> int:
+        return len(self.index)
+
+    @property
+    def total_size(self) -> int:
+        """Bytes stored in the registry for this archive (index + data blobs)."""
+        return self.index_size + self.data_size
+
+
+class RemoteArchive(Archive):
+    """An :class:`Archive` pulled from a registry: reads the data blob with range requests.
+
+    Owns its HTTP source and that source's ``httpx.Client``: :meth:`close` (or ``with``) closes
+    both; reads afterwards raise :class:`~blobfs.errors.SourceError`. ``manifest`` and
+    ``reference`` say what was pulled.
+    """
+
+    __slots__ = ("_http_client", "_http_source", "manifest", "reference")
+
+    def __init__(
+        self,
+        index: Index,
+        source: HttpSource,
+        http_client: httpx.Client,
+        manifest: Manifest,
+        reference: str,
+        *,
+        cache: Cache | None,
+        block_cache: BlockCache | None,
+        max_file_size: int,
+    ) -> None:
+        super().__init__(
+            index, source, cache=cache, block_cache=block_cache, max_file_size=max_file_size
+        )
+        self._http_source = source
+        self._http_client = http_client
+        self.manifest = manifest
+        self.reference = reference
+
+    def close(self) -> None:
+        super().close()
+        self._http_source.close()
+        self._http_client.close()
+
+
+class Registry:
+    """A client of OCI distribution registries for blobfs archives (synchronous).
+
+    - ``auth``: an ``httpx.Auth`` (``blobfs.registry.RegistryAuth`` for Basic/Bearer and docker
+      credentials) used on every request, including the range requests of pulled archives.
+    - ``plain_http``: True = always ``http://``, False = always ``https://``, None (default) =
+      ``http://`` only for loopback registries (``localhost``, 127/8, ``::1``) and the hosts in
+      ``insecure_hosts`` (``host`` or ``host:port``).
+    - ``timeout``: connect/read/write deadline of each request, in seconds.
+    - ``client``: an ``httpx.Client`` to use for registry API calls (its TLS settings, proxies;
+      ``auth`` is still passed per request when given); not closed by :meth:`close`.
+    - ``retries``/``backoff``: 5xx, 408, 429 and connection errors are retried ``retries`` times
+      with exponential backoff (manifest/blob GETs, HEADs, manifest PUTs and whole uploads).
+    - ``chunk_size``: bytes per PATCH of blob uploads.
+
+    References are parsed references (``registry``, ``repository``, ``tag``, ``digest``) or
+    strings (parsed with :meth:`blobfs.registry._reference.Reference.parse`).
+
+    Errors: 404 → :class:`~blobfs.errors.RegistryNotFound`; other failures
+    :class:`~blobfs.errors.RegistryError` naming the reference, the URL (query redacted) and
+    status; malformed manifests :class:`~blobfs.errors.InvalidManifest`; content that does not
+    match its digest :class:`~blobfs.errors.DigestMismatch`.
+
+    Thread safety: methods may be called from several threads at once (one pooled client).
+    """
+
+    def __init__(
+        self,
+        *,
+        auth: httpx.Auth | None = None,
+        plain_http: bool | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        client: httpx.Client | None = None,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        insecure_hosts: Collection[str] = (),
+    ) -> None:
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if retries < 0 or backoff < 0:
+            raise ValueError("retries and backoff must be >= 0")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
+        self._auth = auth
+        self._plain_http = plain_http
+        self._insecure_hosts = tuple(insecure_hosts)
+        self._timeout = timeout
+        self._retries = retries
+        self._backoff = backoff
+        self._chunk_size = chunk_size
+        self._owns_client = client is None
+        self._client = client if client is not None else httpx.Client(timeout=timeout)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Close the client made by this registry (not one passed in). Pulled archives keep
+        working: each owns its own connection pool."""
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ URLs and requests
+
+    def _base(self, ref: ReferenceLike) -> str:
+        if self._plain_http is None:
+            scheme = scheme_for(ref.registry, self._insecure_hosts)
+        else:
+            scheme = "http" if self._plain_http else "https"
+        return f"{scheme}://{ref.registry}/v2/{ref.repository}"
+
+    def blob_url(self, ref: ReferenceLike | str, digest: str) -> str:
+        """The URL of blob ``digest`` in ``ref``'s repository."""
+        return f"{self._base(_parse_ref(ref))}/blobs/{digest}"
+
+    def _send(
+        self,
+        what: str,
+        method: str,
+        url: httpx.URL | str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        ok: Sequence[int] = (200,),
+        allow: Sequence[int] = (),
+        retry: bool = True,
+    ) -> httpx.Response:
+        """One request with retries; the body is read. Statuses in ``allow`` are returned as
+        they are; others outside ``ok`` raise (404 → RegistryNotFound)."""
+        return self._with_retries(
+            what,
+            url,
+            lambda: self._client.request(
+                method,
+                url,
+                headers=headers,
+                content=content,
+                auth=self._auth if self._auth is not None else httpx.USE_CLIENT_DEFAULT,
+            ),
+            ok,
+            allow,
+            retry,
+        )
+
+    def _with_retries(
+        self,
+        what: str,
+        url: httpx.URL | str,
+        call: Callable[[], httpx.Response],
+        ok: Sequence[int],
+        allow: Sequence[int],
+        retry: bool,
+    ) -> httpx.Response:
+        attempts = (self._retries + 1) if retry else 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                r = call()
+            except httpx.TransportError as exc:
+                if last:
+                    raise RegistryError(
+                        f"{what}: {_redact(url)}: {type(exc).__name__}: {exc}"
+                        + (f", after {attempts} attempts" if attempts > 1 else "")
+                    ) from None
+                self._sleep(attempt, None)
+                continue
+            except httpx.RequestError as exc:  # redirect loops, bad URLs: not worth a retry
+                raise RegistryError(f"{what}: {_redact(url)}: {type(exc).__name__}") from None
+            if r.status_code in ok or r.status_code in allow:
+                return r
+            if r.status_code in _RETRY_STATUS and not last:
+                self._sleep(attempt, r.headers.get("Retry-After"))
+                continue
+            raise self._error(what, url, r)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _sleep(self, attempt: int, retry_after: str | None) -> None:
+        delay = self._backoff * (2**attempt)
+        if retry_after is not None:
+            with contextlib.suppress(ValueError):
+                delay = min(float(retry_after), MAX_RETRY_AFTER)
+        time.sleep(delay)
+
+    @staticmethod
+    def _error(what: str, url: httpx.URL | str, r: httpx.Response) -> RegistryError:
+        detail = ""
+        with contextlib.suppress(Exception):
+            errors = json.loads(r.content).get("errors") or []
+            detail = "; ".join(
+                f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors
+            )
+        text = f"{what}: {r.request.method} {_redact(url)}: HTTP {r.status_code}"
+        if detail:
+            text += f" ({detail[:200]})"
+        if r.status_code == 404:
+            return RegistryNotFound(text, status=404)
+        return RegistryError(text, status=r.status_code)
+
+    def _get_limited(
+        self,
+        what: str,
+        url: str,
+        limit: int,
+        headers: Mapping[str, str] | None = None,
+        allow: Sequence[int] = (),
+    ) -> tuple[httpx.Response, bytes]:
+        """GET with a body of at most ``limit`` bytes (longer → RegistryError), retried."""
+        body = bytearray()
+
+        def call() -> httpx.Response:
+            # Blob GETs may redirect to blob storage; httpx drops Authorization across origins.
+            with self._client.stream(
+                "GET",
+                url,
+                headers=headers,
+                follow_redirects=True,
+                auth=self._auth if self._auth is not None else httpx.USE_CLIENT_DEFAULT,
+            ) as r:
+                body.clear()
+                if r.status_code != 200:
+                    r.read()
+                    body.extend(r.content)
+                    return r
+                declared = r.headers.get("Content-Length")
+                if declared is not None and declared.isdigit() and int(declared) > limit:
+                    raise RegistryError(
+                        f"{what}: {_redact(url)} is {declared} bytes, over the limit of {limit}"
+                    )
+                for piece in r.iter_bytes():
+                    body.extend(piece)
+                    if len(body) > limit:
+                        raise RegistryError(
+                            f"{what}: {_redact(url)} is over the limit of {limit} bytes"
+                        )
+                return r
+
+        r = self._with_retries(what, url, call, (200,), allow, True)
+        return r, bytes(body)
+
+    # ------------------------------------------------------------------ manifests
+
+    def _get_manifest_raw(self, ref: ReferenceLike, what: str) -> tuple[bytes, str, str | None]:
+        """Raw bytes, Content-Type and Docker-Content-Digest of ``ref``'s manifest; the digest
+        is verified against ``@digest`` when given, else against the header when present."""
+        target = ref.digest or ref.tag
+        if not target:
+            raise ValueError(f"{what}: the reference needs a tag or a digest")
+        url = f"{self._base(ref)}/manifests/{target}"
+        r, raw = self._get_limited(what, url, MAX_MANIFEST_SIZE, {"Accept": _MANIFEST_ACCEPT})
+        actual = digest_of(raw)
+        header = r.headers.get("Docker-Content-Digest")
+        expected = ref.digest or (header if header and header.startswith("sha256:") else None)
+        if expected is not None and actual != expected:
+            raise DigestMismatch(f"{what}: manifest", expected, actual)
+        ctype = r.headers.get("Content-Type", "").split(";")[0].strip()
+        return raw, ctype, header
+
+    def fetch(self, ref: ReferenceLike | str) -> Manifest:
+        """The archive manifest of ``ref`` (tag or digest), raw bytes kept, digest verified.
+
+        The digest is checked against ``@digest`` when the reference has one, else against the
+        registry's ``Docker-Content-Digest`` header when present. Raises
+        :class:`~blobfs.errors.RegistryNotFound`, :class:`~blobfs.errors.DigestMismatch`,
+        :class:`~blobfs.errors.InvalidManifest` (see :meth:`Manifest.parse`).
+        """
+        r = _parse_ref(ref)
+        what = str(r)
+        raw, ctype, _ = self._get_manifest_raw(r, what)
+        if ctype in (OCI_INDEX, DOCKER_MANIFEST_LIST):
+            raise InvalidManifest(f"{what} is an image index ({ctype}), not an archive manifest")
+        try:
+            return Manifest.parse(raw)
+        except InvalidManifest as exc:
+            raise InvalidManifest(f"{what}: {exc}") from None
+
+    def _fetch_index(self, ref: ReferenceLike, manifest: Manifest, max_index_size: int) -> Index:
+        desc = manifest.index_descriptor
+        what = f"{ref}: index blob {desc.digest}"
+        if max_index_size > 0 and desc.size > max_index_size:
+            raise RegistryError(
+                f"{what} is {desc.size} bytes, over max_index_size {max_index_size}"
+            )
+        limit = desc.size
+        _, raw = self._get_limited(what, self.blob_url(ref, desc.digest), limit)
+        if len(raw) != desc.size:
+            raise DigestMismatch(what, f"{desc.size} bytes", f"{len(raw)} bytes")
+        actual = digest_of(raw)
+        if actual != desc.digest:
+            raise DigestMismatch(what, desc.digest, actual)
+        index = Index(raw)
+        data = manifest.data_descriptor
+        if index.data_hash:
+            hashed = "sha256:" + index.data_hash.hex()
+            if hashed != data.digest:
+                raise InvalidManifest(
+                    f"{ref}: the index's data_hash {hashed} differs from the data layer "
+                    f"{data.digest}"
+                )
+            if index.data_size != data.size:
+                raise InvalidManifest(
+                    f"{ref}: the index's data_size {index.data_size} differs from the data "
+                    f"layer size {data.size}"
+                )
+        return index
+
+    def inspect(
+        self, ref: ReferenceLike | str, *, max_index_size: int = DEFAULT_MAX_INDEX_SIZE
+    ) -> Inspection:
+        """Manifest and verified index of ``ref`` (no data blob traffic)."""
+        r = _parse_ref(ref)
+        manifest = self.fetch(r)
+        index = self._fetch_index(r, manifest, max_index_size)
+        return Inspection(
+            str(r),
+            manifest,
+            index,
+            manifest.index_descriptor.size,
+            manifest.data_descriptor.size,
+        )
+
+    def pull(
+        self,
+        ref: ReferenceLike | str,
+        *,
+        max_index_size: int = DEFAULT_MAX_INDEX_SIZE,
+        max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+        cache: Cache | None = None,
+        block_cache: BlockCache | None = None,
+    ) -> RemoteArchive:
+        """Open ``ref`` as an archive that reads its data blob lazily with range requests.
+
+        The manifest is fetched and verified, the index blob fetched (at most
+        ``max_index_size`` bytes, 0 = no limit), its digest verified and its data_hash/data_size
+        checked against the data layer before use. The data blob itself is not downloaded:
+        files are read (and verified) on demand, through ``cache``/``block_cache`` when given.
+        The archive owns its connection pool (``close()`` it; it outlives this registry).
+        """
+        r = _parse_ref(ref)
+        manifest = self.fetch(r)
+        index = self._fetch_index(r, manifest, max_index_size)
+        data = manifest.data_descriptor
+        http = httpx.Client(auth=self._auth, timeout=self._timeout)
+        try:
+            source = HttpSource(
+                self.blob_url(r, data.digest),
+                size=data.size,
+                source_id=data.digest,
+                client=http,
+                timeout=self._timeout,
+            )
+            return RemoteArchive(
+                index,
+                source,
+                http,
+                manifest,
+                str(r),
+                cache=cache,
+                block_cache=block_cache,
+                max_file_size=max_file_size,
+            )
+        except BaseException:
+            http.close()
+            raise
+
+    # ------------------------------------------------------------------ push
+
+    def _has_blob(self, ref: ReferenceLike, digest: str, size: int) -> bool:
+        url = self.blob_url(ref, digest)
+        r = self._send(f"{ref}: blob {digest}", "HEAD", url, ok=(200,), allow=(404,))
+        if r.status_code != 200:
+            return False
+        length = r.headers.get("Content-Length")
+        return length is None or not length.isdigit() or int(length) == size
+
+    def _upload(
+        self,
+        ref: ReferenceLike,
+        digest: str,
+        size: int,
+        opener: Callable[[], contextlib.AbstractContextManager[Any]],
+    ) -> bool:
+        """Upload one blob unless the registry has it; True when bytes were sent.
+
+        ``opener`` gives a fresh binary file positioned at 0 (an upload that fails with a
+        transient error is restarted from the beginning, up to ``retries`` times).
+        """
+        what = f"{ref}: blob {digest}"
+        if self._has_blob(ref, digest, size):
+            log.debug("%s: already in the registry, skipped", what)
+            return False
+        attempts = self._retries + 1
+        for attempt in range(attempts):
+            try:
+                with opener() as f:
+                    self._upload_once(ref, what, digest, size, f)
+                return True
+            except RegistryError as exc:
+                # Retry what a moment may cure: a retryable status or a network failure (the
+                # TransportError is the context of the RegistryError raised from it).
+                transient = exc.status in _RETRY_STATUS or isinstance(
+                    exc.__context__, httpx.TransportError
+                )
+                if not transient or attempt == attempts - 1:
+                    raise
+                log.info("%s: upload failed (%s), starting again", what, exc)
+                self._sleep(attempt, None)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _upload_once(self, ref: ReferenceLike, what: str, digest: str, size: int, f: Any) -> None:
+        start = f"{self._base(ref)}/blobs/uploads/"
+        r = self._send(what, "POST", start, ok=(202,), retry=False)
+        location = self._location(what, start, r)
+        ctype = {"Content-Type": "application/octet-stream"}
+        if size <= self._chunk_size:
+            body = f.read(size + 1)
+            if len(body) != size:
+                raise RegistryError(f"{what}: the file is {len(body)} bytes, expected {size}")
+            self._send(
+                what,
+                "PUT",
+                location.copy_add_param("digest", digest),
+                headers=ctype,
+                content=body,
+                ok=(201,),
+                retry=False,
+            )
+            return
+        sent = 0
+        hasher = hashlib.sha256()
+        while sent < size:
+            chunk = f.read(min(self._chunk_size, size - sent))
+            if not chunk:
+                raise RegistryError(f"{what}: the file ended after {sent} of {size} bytes")
+            hasher.update(chunk)
+            headers = {
+                **ctype,
+                "Content-Range": f"{sent}-{sent + len(chunk) - 1}",
+            }
+            r = self._send(
+                what, "PATCH", location, headers=headers, content=chunk, ok=(202,), retry=False
+            )
+            location = self._location(what, location, r)
+            sent += len(chunk)
+        if f.read(1):
+            raise RegistryError(f"{what}: the file is longer than {size} bytes")
+        actual = "sha256:" + hasher.hexdigest()
+        if actual != digest:
+            raise DigestMismatch(f"{what}: local file", digest, actual)
+        self._send(
+            what,
+            "PUT",
+            location.copy_add_param("digest", digest),
+            headers={"Content-Length": "0"},
+            ok=(201,),
+            retry=False,
+        )
+
+    @staticmethod
+    def _location(what: str, base: httpx.URL | str, r: httpx.Response) -> httpx.URL:
+        loc = r.headers.get("Location")
+        if not loc:
+            raise RegistryError(f"{what}: upload answer without a Location header")
+        # httpx's params= would drop the _state query string: keep the URL as given.
+        return httpx.URL(str(base)).join(loc)
+
+    def _put_manifest(self, ref: ReferenceLike, target: str, raw: bytes, media_type: str) -> None:
+        what = f"{ref.registry}/{ref.repository}:{target}"
+        r = self._send(
+            what,
+            "PUT",
+            f"{self._base(ref)}/manifests/{target}",
+            headers={"Content-Type": media_type},
+            content=raw,
+            ok=(201, 200),
+        )
+        expected = digest_of(raw)
+        got = r.headers.get("Docker-Content-Digest")
+        if got and got != expected:
+            raise DigestMismatch(f"{what}: manifest stored", expected, got)
+
+    def push(
+        self,
+        ref: ReferenceLike | str,
+        src: str | os.PathLike[str],
+        *,
+        compression: Compression = Compression.ZSTD,
+        tags: Sequence[str] = (),
+        annotations: Mapping[str, str] | None = None,
+        created: str | None = None,
+    ) -> Manifest:
+        """Push a directory tree, or a local archive directory, as ``ref`` (which needs a tag).
+
+        ``src`` holding ``index.blob`` and ``data.blob`` is pushed as it is; any other directory
+        is archived first (``compression``) into a temporary directory next to nothing else,
+        streamed to disk, removed afterwards. Blobs go up in order config, index, data, each
+        skipped when the registry already has it (HEAD), the data blob streamed from its file in
+        PATCH chunks; then the manifest under ``ref``'s tag, then under each of ``tags`` (the
+        same raw bytes). Returns the manifest pushed (``.raw`` exactly as stored).
+        """
+        r = _parse_ref(ref)
+        if not r.tag or r.digest:
+            raise ValueError(f"push needs a reference with a tag and no digest, got {r}")
+        src_path = Path(src)
+        index_path, data_path = src_path / "index.blob", src_path / "data.blob"
+        if index_path.is_file() and data_path.is_file():
+            return self._push_archive(r, index_path, data_path, tags, annotations, created)
+        if not src_path.is_dir():
+            raise ValueError(f"{src}: not a directory")
+        with tempfile.TemporaryDirectory(prefix="blobfs-push-") as tmp:
+            create_blob(src_path, tmp, compression=compression).close()
+            return self._push_archive(
+                r, Path(tmp) / "index.blob", Path(tmp) / "data.blob", tags, annotations, created
+            )
+
+    def _push_archive(
+        self,
+        ref: ReferenceLike,
+        index_path: Path,
+        data_path: Path,
+        tags: Sequence[str],
+        annotations: Mapping[str, str] | None,
+        created: str | None,
+    ) -> Manifest:
+        index_raw = index_path.read_bytes()
+        index = Index(index_raw)
+        data_size = data_path.stat().st_size
+        if index.data_hash:
+            if index.data_size != data_size:
+                raise ValueError(
+                    f"{data_path} is {data_size} bytes, the index records {index.data_size}"
+                )
+            data_digest = "sha256:" + index.data_hash.hex()
+        else:
+            data_digest = _hash_file(data_path)
+        index_desc = Descriptor(INDEX_MEDIA_TYPE, digest_of(index_raw), len(index_raw))
+        data_desc = Descriptor(DATA_MEDIA_TYPE, data_digest, data_size)
+        raw = build_manifest(index_desc, data_desc, annotations, created=created)
+        manifest = Manifest.parse(raw)
+        self._upload(ref, EMPTY_CONFIG_DIGEST, len(EMPTY_CONFIG), lambda: _bytes_file(EMPTY_CONFIG))
+        self._upload(ref, index_desc.digest, index_desc.size, lambda: _bytes_file(index_raw))
+        self._upload(ref, data_digest, data_size, lambda: _open_file(data_path))
+        assert ref.tag is not None
+        for tag in (ref.tag, *tags):
+            self._put_manifest(ref, tag, raw, OCI_MANIFEST)
+        return manifest
+
+    # ------------------------------------------------------------------ tags, referrers
+
+    def tag(self, ref: ReferenceLike | str, digest: str) -> str:
+        """Tag manifest ``digest`` of ``ref``'s repository as ``ref``'s tag; return the digest.
+
+        The exact raw bytes are fetched by digest (verified) and put again under the tag, so
+        the digest does not change (checked against the registry's answer). Any manifest type
+        may be tagged, not only archives.
+        """
+        r = _parse_ref(ref)
+        if not r.tag:
+            raise ValueError(f"tag needs a reference with a tag, got {r}")
+        by_digest = _Reference(r.registry, r.repository, None, digest)
+        raw, ctype, _ = self._get_manifest_raw(by_digest, f"{r.registry}/{r.repository}@{digest}")
+        self._put_manifest(r, r.tag, raw, ctype or OCI_MANIFEST)
+        return digest
+
+    def list_tags(self, ref: ReferenceLike | str) -> list[str]:
+        """All tags of ``ref``'s repository (tag/digest of ``ref`` ignored), following ``Link``
+        pagination. ``ref`` may be a bare ``host/repository``."""
+        r = _parse_ref(ref, default_tag="latest")
+        what = f"{r.registry}/{r.repository}"
+        url: httpx.URL | None = httpx.URL(f"{self._base(r)}/tags/list").copy_add_param(
+            "n", str(TAGS_PAGE)
+        )
+        tags: list[str] = []
+        pages = 0
+        while url is not None and pages < _MAX_PAGES:
+            pages += 1
+            resp, body = self._get_limited(what, str(url), MAX_MANIFEST_SIZE)
+            try:
+                doc = json.loads(body)
+                page = doc.get("tags") or []
+            except (ValueError, AttributeError):
+                raise RegistryError(f"{what}: malformed tag list") from None
+            if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
+                raise RegistryError(f"{what}: malformed tag list")
+            tags.extend(page)
+            nxt = resp.links.get("next", {}).get("url")
+            url = url.join(nxt) if nxt else None
+        return tags
+
+    def referrers(
+        self, ref: ReferenceLike | str, artifact_type: str | None = None
+    ) -> list[Descriptor]:
+        """Descriptors of the manifests whose ``subject`` is ``ref``'s manifest.
+
+        Uses the OCI 1.1 referrers API; when the registry lacks it (404), the tag-schema
+        fallback (tag ``sha256-<hex>`` holding an image index; none → empty list). Filtered by
+        ``artifact_type`` when given (also when the registry ignored the filter).
+        """
+        r = _parse_ref(ref)
+        digest = r.digest or self._resolve(r)
+        what = f"{r.registry}/{r.repository}@{digest}: referrers"
+        url = httpx.URL(f"{self._base(r)}/referrers/{digest}")
+        if artifact_type:
+            url = url.copy_add_param("artifactType", artifact_type)
+        resp, body = self._get_limited(
+            what, str(url), MAX_MANIFEST_SIZE, {"Accept": OCI_INDEX}, allow=(404,)
+        )
+        ctype = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        if resp.status_code == 404 or ctype != OCI_INDEX:
+            fallback = f"{self._base(r)}/manifests/sha256-{digest.removeprefix('sha256:')}"
+            resp, body = self._get_limited(
+                what, fallback, MAX_MANIFEST_SIZE, {"Accept": OCI_INDEX}, allow=(404,)
+            )
+            if resp.status_code == 404:
+                return []
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            raise RegistryError(f"{what}: the referrers index is not JSON") from None
+        items = doc.get("manifests") if isinstance(doc, dict) else None
+        if not isinstance(items, list):
+            raise RegistryError(f"{what}: the referrers answer is not an image index")
+        out = [Descriptor.from_json(m, f"{what}: entry {i}") for i, m in enumerate(items)]
+        if artifact_type:
+            out = [d for d in out if d.artifact_type == artifact_type]
+        return out
+
+    def _resolve(self, ref: ReferenceLike) -> str:
+        """The digest of ``ref``'s manifest (HEAD, falling back to a verified GET)."""
+        if ref.digest:
+            return ref.digest
+        url = f"{self._base(ref)}/manifests/{ref.tag}"
+        r = self._send(str(ref), "HEAD", url, headers={"Accept": _MANIFEST_ACCEPT})
+        header = r.headers.get("Docker-Content-Digest")
+        if header and header.startswith("sha256:"):
+            return str(header)
+        raw, _, _ = self._get_manifest_raw(ref, str(ref))
+        return digest_of(raw)
+
+    def resolve(self, ref: ReferenceLike | str) -> str:
+        """The manifest digest ``ref``'s tag points at (``ref``'s own digest when given)."""
+        return self._resolve(_parse_ref(ref))
+
+
+def _bytes_file(data: bytes) -> contextlib.AbstractContextManager[Any]:
+    return io.BytesIO(data)
+
+
+def _open_file(path: Path) -> contextlib.AbstractContextManager[Any]:
+    return open(path, "rb")
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
