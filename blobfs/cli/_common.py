@@ -5,6 +5,14 @@ An archive is named either by a directory holding ``index.blob`` and ``data.blob
 ``ARCHIVE`` is left out, so ``blobfs ls --index i.blob --data d.blob some/dir`` works. An
 ``http://`` or ``https://`` blob is read with range requests (``--header 'K: V'`` adds request
 headers), through the content and block caches under the cache directory unless ``--no-cache``.
+
+An ``ARCHIVE`` may also be an OCI reference (``host[:port]/repo[:tag][@sha256:...]``): a text is
+taken as a reference when it is not an existing local path and its first ``/``-component looks
+like a registry host (has a dot or a port, or is ``localhost``); it must then parse with
+:meth:`blobfs.registry.Reference.parse` (a missing tag means ``:latest``), else the error says
+both what was not found locally and why it is no reference. The archive is pulled with
+:class:`blobfs.client.Client` (credentials from the docker config; ``--plain-http`` and
+``--insecure-host`` choose plain HTTP) and read lazily through the same caches.
 """
 
 from __future__ import annotations
@@ -15,9 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from ..client import Client
 from ..core import Archive, FileSource, Index, open_file
 from ..core.cache.disk import BlockCache, DiskCache
 from ..core.http import HttpSource
+from ..errors import InvalidReference
+from ..registry import Reference
 from ._output import CliError, Output
 
 __all__ = [
@@ -30,7 +41,10 @@ __all__ = [
     "cache_root",
     "display_path",
     "is_url",
+    "make_client",
     "open_archive",
+    "parse_reference",
+    "reference_arg",
     "usage_error",
 ]
 
@@ -55,6 +69,10 @@ class Ctx:
     cache_dir: Path | None = None
     """Root of the caches for remote archives (``None``: the default, see :func:`cache_root`)."""
     use_cache: bool = True
+    plain_http: bool = False
+    """``--plain-http``: talk plain HTTP to every registry (default: only to loopback ones)."""
+    insecure_hosts: tuple[str, ...] = ()
+    """``--insecure-host HOST``: registries reached over plain HTTP as well."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +86,13 @@ class ArchiveSpec:
     """The ARCHIVE directory, when the archive was named by one."""
     headers: tuple[tuple[str, str], ...] = ()
     """Request headers for ``http(s)://`` blobs."""
+    reference: str | None = None
+    """The OCI reference, when the archive was named by one (``index``/``data`` are then
+    empty)."""
 
     @property
     def remote(self) -> bool:
-        return is_url(self.index) or is_url(self.data)
+        return self.reference is not None or is_url(self.index) or is_url(self.data)
 
 
 def usage_error(args: argparse.Namespace, message: str) -> NoReturn:
@@ -111,10 +132,14 @@ def archive_and_rest(
         if not rest:
             usage_error(args, "missing ARCHIVE (a directory, or --index FILE --data FILE)")
         directory = rest.pop(0)
-        d = Path(directory)
-        spec = ArchiveSpec(
-            str(d / DEFAULT_INDEX_NAME), str(d / DEFAULT_DATA_NAME), directory, d, headers
-        )
+        ref = reference_arg(directory)
+        if ref is not None:
+            spec = ArchiveSpec("", "", str(ref), reference=str(ref))
+        else:
+            d = Path(directory)
+            spec = ArchiveSpec(
+                str(d / DEFAULT_INDEX_NAME), str(d / DEFAULT_DATA_NAME), directory, d, headers
+            )
     if len(rest) < min_rest:
         usage_error(args, "missing PATH argument")
     if max_rest is not None and len(rest) > max_rest:
@@ -124,6 +149,57 @@ def archive_and_rest(
 
 def is_url(name: str) -> bool:
     return name.startswith(("http://", "https://"))
+
+
+def _looks_like_host(first: str) -> bool:
+    return (
+        bool(first)
+        and not first.startswith(".")
+        and ("." in first or ":" in first or first.lower() == "localhost")
+    )
+
+
+def reference_arg(text: str) -> Reference | None:
+    """The reference an ARCHIVE argument names, or None when it is a local path.
+
+    A local path wins when it exists. Otherwise a text whose first ``/``-component looks like a
+    registry host must be a valid reference (:class:`CliError` explains when it is not); any
+    other text is a local path (and the caller reports it missing).
+    """
+    if is_url(text) or Path(text).exists():
+        return None
+    first, slash, _ = text.partition("/")
+    if not slash or not _looks_like_host(first):
+        return None
+    try:
+        return Reference.parse(text, default_tag="latest")
+    except InvalidReference as e:
+        raise CliError(
+            f"{text}: no such archive directory, and not a registry reference ({e.problem})"
+        ) from None
+
+
+def parse_reference(text: str, *, allow_digest: bool = True) -> Reference:
+    """Parse a REF argument of ``push``/``pull``/``tag`` (a missing tag means ``:latest``);
+    :class:`CliError` with the reason when it is not a reference."""
+    try:
+        ref = Reference.parse(text, default_tag="latest")
+    except InvalidReference as e:
+        raise CliError(str(e)) from None
+    if not allow_digest and ref.digest is not None:
+        raise CliError(f"{text}: needs a tag, not a digest")
+    return ref
+
+
+def make_client(ctx: Ctx, *, caches: bool | None = None) -> Client:
+    """A :class:`Client` with docker-config credentials, the run's plain-HTTP settings and
+    (when ``caches``, default: unless ``--no-cache``) the caches under the cache root."""
+    use = ctx.use_cache if caches is None else caches
+    return Client(
+        cache_dir=cache_root(ctx) if use else None,
+        plain_http=True if ctx.plain_http else None,
+        insecure_hosts=ctx.insecure_hosts,
+    )
 
 
 def _parse_header(args: argparse.Namespace, text: str) -> tuple[str, str]:
@@ -155,6 +231,8 @@ def open_caches(ctx: Ctx) -> tuple[DiskCache, BlockCache]:
 
 def check_archive_files(spec: ArchiveSpec) -> None:
     """Turn a missing or misnamed archive into a one-line explanation."""
+    if spec.reference is not None:
+        return
     directory = spec.directory
     for what, name in (("index", spec.index), ("data", spec.data)):
         path = Path(name)
@@ -176,9 +254,23 @@ def check_archive_files(spec: ArchiveSpec) -> None:
 def open_archive(spec: ArchiveSpec, ctx: Ctx) -> Archive:
     """Open the archive for reading (index validated, data source opened); close it after use."""
     check_archive_files(spec)
+    if spec.reference is not None:
+        return _pull(spec.reference, ctx)
     if not spec.remote:
         return open_file(spec.index, spec.data, max_file_size=ctx.max_file_size)
     return _RemoteArchive.connect(spec, ctx)
+
+
+def _pull(ref: str, ctx: Ctx) -> Archive:
+    """Open a registry archive that owns its client (closed with the archive)."""
+    client = make_client(ctx)
+    try:
+        archive = client.pull(ref, max_file_size=ctx.max_file_size)
+    except BaseException:
+        client.close()
+        raise
+    archive.own(client)
+    return archive
 
 
 class _RemoteArchive(Archive):

@@ -26,12 +26,14 @@ from typing import Final
 from .. import __version__
 from ..core import CHUNK_SIZE_MAX, CHUNK_SIZE_MIN, DEFAULT_MAX_FILE_SIZE
 from ..errors import BlobfsError
-from ._archive_cmds import cmd_cat, cmd_inspect, cmd_ls, cmd_tree, cmd_verify
+from ._archive_cmds import cmd_cat, cmd_ls, cmd_tree, cmd_verify
 from ._cache_cmds import cmd_cache
 from ._common import DEFAULT_DATA_NAME, DEFAULT_INDEX_NAME, Ctx, add_archive_options
 from ._cp import cmd_cp
 from ._create_cmd import cmd_create
+from ._login import cmd_login, cmd_logout
 from ._output import CliError, Output, OutputMode, parse_size
+from ._registry_cmds import cmd_inspect_any, cmd_pull, cmd_push, cmd_tag
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_USAGE", "main"]
 
@@ -141,6 +143,21 @@ def _add_global_options(parser: argparse.ArgumentParser, suffix: str) -> None:
         dest="max_file_size" + suffix,
         default=None,
         help="whole-file read limit (default 256M; 0 = unlimited)",
+    )
+    g.add_argument(
+        "--plain-http",
+        action="store_true",
+        dest="plain_http" + suffix,
+        default=False,
+        help="talk plain HTTP to every registry (default: only to loopback registries)",
+    )
+    g.add_argument(
+        "--insecure-host",
+        action="append",
+        metavar="HOST[:PORT]",
+        dest="insecure_host" + suffix,
+        default=[],
+        help="a registry to reach over plain HTTP (repeatable)",
     )
 
 
@@ -257,7 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-f", "--force", action="store_true", help="replace an existing archive")
 
-    archive_help = "ARCHIVE is a directory holding index.blob and data.blob"
+    archive_help = (
+        "ARCHIVE is a directory holding index.blob and data.blob, "
+        "or a registry reference host[:port]/repo[:tag][@sha256:...]"
+    )
 
     # ls
     p = add(
@@ -324,11 +344,93 @@ def build_parser() -> argparse.ArgumentParser:
     # inspect
     p = add(
         "inspect",
-        cmd_inspect,
-        "show archive statistics and format details",
-        "(ARCHIVE | --index FILE --data FILE)",
+        cmd_inspect_any,
+        "show archive statistics and format details (of a REF: manifest, sizes, annotations)",
+        "(ARCHIVE | REF | --index FILE --data FILE)",
     )
     p.add_argument("positionals", nargs="*", metavar="ARCHIVE", help=archive_help)
+
+    ref_help = "host[:port]/repo[:tag][@sha256:...] (no tag: latest)"
+
+    # push
+    p = add(
+        "push",
+        cmd_push,
+        "archive directory DIR and push it to a registry as REF",
+        "[-c zstd|none] [--annotation K=V]... [--tag T]... REF DIR",
+        archive=False,
+    )
+    p.add_argument("ref", metavar="REF", help=ref_help)
+    p.add_argument("dir", metavar="DIR", help="directory to archive (or an archive directory)")
+    p.add_argument(
+        "-c",
+        "--compression",
+        choices=("zstd", "none"),
+        default="zstd",
+        help="per-file compression (default: zstd)",
+    )
+    p.add_argument(
+        "--annotation",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a manifest annotation (repeatable)",
+    )
+    p.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="also tag the pushed manifest TAG (repeatable)",
+    )
+
+    # pull
+    p = add(
+        "pull",
+        cmd_pull,
+        "extract a registry archive into DEST (verified, confined to DEST, modes and times kept)",
+        "[-f] REF [DEST]",
+        archive=False,
+    )
+    p.add_argument("ref", metavar="REF", help=ref_help)
+    p.add_argument("dest", metavar="DEST", nargs="?", default=".", help="default: .")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite existing files")
+
+    # tag
+    p = add(
+        "tag",
+        cmd_tag,
+        "tag the manifest of SRC_REF as DST_REF (same repository, same digest)",
+        "SRC_REF DST_REF",
+        archive=False,
+    )
+    p.add_argument("src", metavar="SRC_REF", help=ref_help)
+    p.add_argument("dst", metavar="DST_REF", help="the same repository with the new tag")
+
+    # login / logout
+    p = add(
+        "login",
+        cmd_login,
+        "check credentials against REGISTRY and store them in the docker config",
+        "-u USER (--password-stdin | -p PASSWORD) REGISTRY",
+        archive=False,
+    )
+    p.add_argument("registry", metavar="REGISTRY", help="host[:port]")
+    p.add_argument("-u", "--username", metavar="USER", help="user name")
+    p.add_argument(
+        "-p", "--password", metavar="PASSWORD", help="password (insecure: use --password-stdin)"
+    )
+    p.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin's first line"
+    )
+    p = add(
+        "logout",
+        cmd_logout,
+        "remove the credentials of REGISTRY from the docker config",
+        "REGISTRY",
+        archive=False,
+    )
+    p.add_argument("registry", metavar="REGISTRY", help="host[:port]")
 
     # cache
     p = add(
@@ -365,6 +467,8 @@ def _settings(args: argparse.Namespace) -> tuple[Ctx, int]:
         verbose,
         cache_dir=Path(cache_dir) if cache_dir else None,
         use_cache=not (args.no_cache or args.no_cache_sub),
+        plain_http=bool(args.plain_http or args.plain_http_sub),
+        insecure_hosts=tuple(args.insecure_host) + tuple(args.insecure_host_sub),
     )
     return ctx, verbose
 

@@ -1,0 +1,208 @@
+"""The high-level client of blobfs: :class:`Client`, push a directory, pull an archive.
+
+As the seed's ``blob.NewClient(blob.WithDockerConfig())`` / ``c.Push`` / ``c.Pull``::
+
+    with blobfs.Client(cache_dir="~/.cache/blobfs") as c:
+        manifest = c.push("registry.example.com/team/data:v1", "src/")
+        with c.pull("registry.example.com/team/data:v1") as archive:
+            archive.read_file("docs/readme.md")
+
+It wires a :class:`~blobfs.registry.Registry` with docker-config credentials
+(:class:`~blobfs.registry.CredentialStore` + :class:`~blobfs.registry.RegistryAuth`) and the
+content and block caches under ``cache_dir``. Everything else is the registry's behaviour.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from .core import DEFAULT_MAX_FILE_SIZE, Archive, Compression, CreateProgress, Index, create_blob
+from .core.cache.disk import BlockCache, DiskCache
+from .registry import (
+    Credentials,
+    CredentialStore,
+    Manifest,
+    Reference,
+    Registry,
+    RegistryAuth,
+    RemoteArchive,
+)
+
+__all__ = ["Client", "PulledArchive"]
+
+
+class _Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+class PulledArchive(Archive):
+    """An archive pulled by :meth:`Client.pull`: reads the data blob lazily from the registry.
+
+    ``manifest`` is the verified manifest and ``reference`` the reference pulled. :meth:`close`
+    closes the connection pool of the pull and whatever was handed to :meth:`own`; the client's
+    caches stay open (they belong to the client). Reads after ``close`` fail.
+    """
+
+    __slots__ = ("_owned", "_remote", "manifest", "reference")
+
+    def __init__(
+        self,
+        remote: RemoteArchive,
+        *,
+        cache: DiskCache | None,
+        block_cache: BlockCache | None,
+        max_file_size: int,
+    ) -> None:
+        super().__init__(
+            remote.index,
+            remote.source,
+            cache=cache,
+            block_cache=block_cache,
+            max_file_size=max_file_size,
+        )
+        self._remote = remote
+        self._owned: list[_Closeable] = []
+        self.manifest: Manifest = remote.manifest
+        self.reference: str = remote.reference
+
+    def own(self, resource: _Closeable) -> None:
+        """Close ``resource`` when this archive closes (after the archive, last owned first)."""
+        self._owned.append(resource)
+
+    def close(self) -> None:
+        super().close()
+        self._remote.close()
+        owned, self._owned = self._owned, []
+        for thing in reversed(owned):
+            thing.close()
+
+
+class Client:
+    """Push directory trees to, and pull archives from, OCI registries.
+
+    - ``docker_config``: read credentials from the docker config (``$DOCKER_CONFIG`` or
+      ``~/.docker/config.json``, with credential helpers) and ``$REGISTRY_AUTH_FILE``; False
+      = only ``credentials``.
+    - ``credentials``: explicit credentials per registry host (they win over the files), or a
+      ready :class:`~blobfs.registry.CredentialStore`.
+    - ``cache_dir``: when given, pulled archives read through a content cache
+      (``cache_dir/content``) and a block cache (``cache_dir/blocks``); None = no caches.
+    - ``plain_http``/``insecure_hosts``: as :class:`~blobfs.registry.Registry` (by default plain
+      HTTP only for loopback registries).
+    - ``policy``: reserved for verification policies (a later issue); only ``None`` is accepted
+      now, anything else raises :class:`ValueError` rather than being silently ignored.
+    - ``registry``: use this :class:`~blobfs.registry.Registry` instead of building one (then
+      ``docker_config``, ``credentials``, ``plain_http``, ``insecure_hosts`` are unused); it is
+      not closed by :meth:`close`.
+
+    Thread safety: as the registry's (methods may be called from several threads).
+    """
+
+    def __init__(
+        self,
+        *,
+        docker_config: bool = True,
+        credentials: Mapping[str, Credentials] | CredentialStore | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        plain_http: bool | None = None,
+        insecure_hosts: Collection[str] = (),
+        policy: None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        if policy is not None:
+            raise ValueError("verification policies are not supported yet: pass policy=None")
+        self.policy = policy
+        self._owns_registry = registry is None
+        if registry is None:
+            if isinstance(credentials, CredentialStore):
+                store = credentials
+            else:
+                store = CredentialStore(
+                    credentials, docker_config=docker_config, auth_file=docker_config
+                )
+            registry = Registry(
+                auth=RegistryAuth(store), plain_http=plain_http, insecure_hosts=insecure_hosts
+            )
+        self.registry = registry
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
+        self._cache: DiskCache | None = None
+        self._block_cache: BlockCache | None = None
+        if self.cache_dir is not None:
+            self._cache = DiskCache(self.cache_dir / "content")
+            self._block_cache = BlockCache(self.cache_dir / "blocks")
+
+    def close(self) -> None:
+        """Close the caches and the registry made by this client. Archives pulled before keep
+        their connections but must not be read after this (their caches are closed)."""
+        for c in (self._cache, self._block_cache):
+            if c is not None:
+                c.close()
+        if self._owns_registry:
+            self.registry.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def push(
+        self,
+        ref: str | Reference,
+        src_dir: str | os.PathLike[str],
+        *,
+        compression: Compression = Compression.ZSTD,
+        tags: Sequence[str] = (),
+        annotations: Mapping[str, str] | None = None,
+        progress: Callable[[CreateProgress], object] | None = None,
+    ) -> Manifest:
+        """Archive the directory ``src_dir`` and push it as ``ref`` (which needs a tag; a bare
+        ``host/repo`` gets ``:latest``), plus each of ``tags``; return the manifest pushed.
+
+        A directory that already is an archive (``index.blob`` + ``data.blob``) is pushed as
+        it is. The archive is written to a temporary directory (removed afterwards) and
+        streamed up; ``progress`` receives the archiving progress. Raises ``ValueError`` for a
+        reference with a digest or a ``src_dir`` that is not a directory, and the registry's
+        errors (:class:`~blobfs.errors.RegistryError` and subclasses).
+        """
+        r = ref if isinstance(ref, Reference) else Reference.parse(ref, default_tag="latest")
+        if r.digest is not None:
+            raise ValueError(f"{r}: push needs a tag, not a digest")
+        src = Path(src_dir)
+        if not src.is_dir():
+            raise ValueError(f"{src}: not a directory")
+        if (src / "index.blob").is_file() and (src / "data.blob").is_file():
+            Index((src / "index.blob").read_bytes())  # a broken archive fails here, clearly
+            return self.registry.push(r, src, tags=tags, annotations=annotations)
+        with tempfile.TemporaryDirectory(prefix="blobfs-push-") as tmp:
+            create_blob(src, tmp, compression=compression, progress=progress).close()
+            return self.registry.push(r, tmp, tags=tags, annotations=annotations)
+
+    def pull(
+        self,
+        ref: str | Reference,
+        *,
+        max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+    ) -> PulledArchive:
+        """Open ``ref`` (a bare ``host/repo`` means ``:latest``) as an archive read lazily.
+
+        The manifest and index are fetched and verified now; file contents are fetched with
+        range requests when read, verified, through the client's caches. Close the archive
+        (or use ``with``) when done; it needs the client open.
+        """
+        r = ref if isinstance(ref, Reference) else Reference.parse(ref, default_tag="latest")
+        remote = self.registry.pull(r, max_file_size=max_file_size)
+        try:
+            return PulledArchive(
+                remote,
+                cache=self._cache,
+                block_cache=self._block_cache,
+                max_file_size=max_file_size,
+            )
+        except BaseException:
+            remote.close()
+            raise
