@@ -11,7 +11,10 @@ Usage::
 The registry listens on ``127.0.0.1`` on a free port, stores into a temporary directory, and is
 stopped (and waited for) when the context exits. ``htpasswd={"user": "pass"}`` turns on Basic auth
 (bcrypt htpasswd file); ``token=TokenServer(...)`` (tests/_token_server.py) turns on Bearer token
-auth. ``push_blob`` is for registries without auth. ``docker-registry`` comes from the project's
+auth. ``proxy_of="http://127.0.0.1:PORT"`` runs it as a pull-through cache of that origin
+(distribution's proxy mode: read-only; a Range request for a blob not cached yet is answered
+200 with the whole body). ``reg.stop()`` stops the registry early (to simulate an outage);
+``push_blob`` is for registries without auth. ``docker-registry`` comes from the project's
 set-up (``scripts/setup.sh``); without it the fixture skips.
 """
 
@@ -46,9 +49,26 @@ def _free_port() -> int:
 
 
 class LocalRegistry:
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, proc: subprocess.Popen[bytes] | None = None) -> None:
         self.base_url = base_url
         self._http = httpx.Client(timeout=30)
+        self._proc = proc
+
+    @property
+    def host(self) -> str:
+        """``host:port`` of the registry, as references name it."""
+        return self.base_url.split("://", 1)[1]
+
+    def stop(self) -> None:
+        """Stop the registry process now (and wait for it); idempotent."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
 
     def push_blob(self, repo: str, data: bytes) -> str:
         """Upload ``data`` as a blob of ``repo`` (POST then one PUT); return its digest."""
@@ -104,6 +124,7 @@ def local_registry(
     *,
     htpasswd: Mapping[str, str] | None = None,
     token: TokenServer | None = None,
+    proxy_of: str | None = None,
 ) -> Iterator[LocalRegistry]:
     exe = shutil.which("docker-registry")
     if exe is None:
@@ -118,12 +139,14 @@ def local_registry(
         "storage:\n"
         f"  filesystem:\n    rootdirectory: {storage}\n"
         "  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n" + _auth_config(workdir, htpasswd, token)
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+        + _auth_config(workdir, htpasswd, token)
+        + (f"proxy:\n  remoteurl: {proxy_of}\n" if proxy_of is not None else "")
     )
     log = open(workdir / "registry.log", "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    reg = LocalRegistry(base)
+    reg = LocalRegistry(base, proc)
     try:
         deadline = time.monotonic() + _START_TIMEOUT
         while True:
@@ -141,10 +164,5 @@ def local_registry(
         yield reg
     finally:
         reg.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        reg.stop()
         log.close()

@@ -43,8 +43,10 @@ from ._manifest import (
     build_manifest,
     digest_of,
 )
+from ._mirrors import MirrorSpec, normalize_mirrors
 from ._reference import Reference as _Reference
 from ._reference import scheme_for
+from .cache import RegistryCaches
 
 __all__ = ["Inspection", "ReferenceLike", "Registry", "RemoteArchive"]
 
@@ -196,6 +198,29 @@ class Registry:
     - ``retries``/``backoff``: 5xx, 408, 429 and connection errors are retried ``retries`` times
       with exponential backoff (manifest/blob GETs, HEADs, manifest PUTs and whole uploads).
     - ``chunk_size``: bytes per PATCH of blob uploads.
+    - ``caches``: :class:`~blobfs.registry.cache.RegistryCaches` used by :meth:`fetch`,
+      :meth:`pull` and :meth:`inspect`: a tag resolved within the ref-cache TTL is not asked
+      again, manifests and indexes found by digest (verified, exact raw bytes) are not
+      downloaded; successful downloads fill the caches. When the registry is unreachable
+      (connection errors or 5xx after the retries) and the caches can answer, the cached
+      answer is served with a WARNING ``registry unreachable: serving <ref> from cache
+      (resolved <digest> at <time>)`` (a tag past its TTL is still used, said to be possibly
+      stale).
+    - ``offline``: never contact the registry for manifests, indexes, tags or pushes: fetch,
+      pull and inspect are served from ``caches`` (a miss is a RegistryError); every other
+      operation raises RegistryError. A pulled archive's data blob is still read over the
+      network (lazily), unless the files read are in the archive's content/block caches.
+    - ``mirrors``: registry (``host[:port]`` exactly as in references) → mirrors tried in order
+      before it for reads (fetch, pull, inspect, index and data blobs, list_tags): base URLs,
+      ``host[:port]`` or ``(location, insecure)`` pairs (see
+      :func:`blobfs.registry._mirrors.parse_mirrors`). A mirror serves the same repository
+      paths (pull-through cache). Any failure of a mirror (connection error, 5xx, 404, auth,
+      digest mismatch) falls through to the next one, then to the registry itself; mirrors get
+      one attempt each (no retries: the upstream is the fallback). Pushes, tag and referrers
+      always go to the registry itself. Digests are verified whoever served the content.
+
+    HTTP(S) proxies from the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``) are
+    honoured by the clients this class creates (httpx ``trust_env``).
 
     References are parsed references (``registry``, ``repository``, ``tag``, ``digest``) or
     strings (parsed with :meth:`blobfs.registry._reference.Reference.parse`).
@@ -219,6 +244,9 @@ class Registry:
         backoff: float = DEFAULT_BACKOFF,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         insecure_hosts: Collection[str] = (),
+        caches: RegistryCaches | None = None,
+        offline: bool = False,
+        mirrors: Mapping[str, Sequence[MirrorSpec]] | None = None,
     ) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
@@ -234,7 +262,13 @@ class Registry:
         self._backoff = backoff
         self._chunk_size = chunk_size
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.Client(timeout=timeout)
+        # trust_env (the default) keeps HTTP(S)_PROXY/NO_PROXY honoured.
+        self._client = (
+            client if client is not None else httpx.Client(timeout=timeout, trust_env=True)
+        )
+        self._caches = caches
+        self._offline = offline
+        self._mirrors = normalize_mirrors(mirrors, plain_http, self._insecure_hosts)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -258,6 +292,25 @@ class Registry:
         else:
             scheme = "http" if self._plain_http else "https"
         return f"{scheme}://{ref.registry}/v2/{ref.repository}"
+
+    def _read_bases(self, ref: ReferenceLike) -> list[tuple[str, bool]]:
+        """Repository base URLs to read ``ref`` from, in order: its mirrors, then the registry
+        itself; each with True for a mirror."""
+        mirrors = self._mirrors.get(ref.registry, ())
+        return [(f"{m}/v2/{ref.repository}", True) for m in mirrors] + [(self._base(ref), False)]
+
+    def _read(self, ref: ReferenceLike, what: str, op: Callable[[str, bool], T]) -> tuple[T, str]:
+        """``op(base, retry)`` on each mirror of ``ref`` (one attempt each), falling through on
+        any RegistryError, then on the registry itself (with retries, errors raised). Returns
+        the result and the base that served it."""
+        for base, is_mirror in self._read_bases(ref):
+            if not is_mirror:
+                return op(base, True), base
+            try:
+                return op(base, False), base
+            except RegistryError as exc:
+                log.info("%s: mirror %s failed (%s); trying the next", what, _redact(base), exc)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def blob_url(self, ref: ReferenceLike | str, digest: str) -> str:
         """The URL of blob ``digest`` in ``ref``'s repository."""
@@ -301,6 +354,8 @@ class Registry:
         allow: Sequence[int],
         retry: bool,
     ) -> httpx.Response:
+        if self._offline:
+            raise RegistryError(f"{what}: offline mode: the registry is not contacted")
         attempts = (self._retries + 1) if retry else 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
@@ -353,6 +408,7 @@ class Registry:
         limit: int,
         headers: Mapping[str, str] | None = None,
         allow: Sequence[int] = (),
+        retry: bool = True,
     ) -> tuple[httpx.Response, bytes]:
         """GET with a body of at most ``limit`` bytes (longer → RegistryError), retried."""
         body = bytearray()
@@ -384,19 +440,24 @@ class Registry:
                         )
                 return r
 
-        r = self._with_retries(what, url, call, (200,), allow, True)
+        r = self._with_retries(what, url, call, (200,), allow, retry)
         return r, bytes(body)
 
     # ------------------------------------------------------------------ manifests
 
-    def _get_manifest_raw(self, ref: ReferenceLike, what: str) -> tuple[bytes, str, str | None]:
+    def _get_manifest_raw(
+        self, ref: ReferenceLike, what: str, base: str | None = None, retry: bool = True
+    ) -> tuple[bytes, str, str | None]:
         """Raw bytes, Content-Type and Docker-Content-Digest of ``ref``'s manifest; the digest
-        is verified against ``@digest`` when given, else against the header when present."""
+        is verified against ``@digest`` when given, else against the header when present.
+        ``base``: the repository URL to ask (default: the registry itself)."""
         target = ref.digest or ref.tag
         if not target:
             raise ValueError(f"{what}: the reference needs a tag or a digest")
-        url = f"{self._base(ref)}/manifests/{target}"
-        r, raw = self._get_limited(what, url, MAX_MANIFEST_SIZE, {"Accept": _MANIFEST_ACCEPT})
+        url = f"{base or self._base(ref)}/manifests/{target}"
+        r, raw = self._get_limited(
+            what, url, MAX_MANIFEST_SIZE, {"Accept": _MANIFEST_ACCEPT}, retry=retry
+        )
         actual = digest_of(raw)
         header = r.headers.get("Docker-Content-Digest")
         expected = ref.digest or (header if header and header.startswith("sha256:") else None)
@@ -409,34 +470,126 @@ class Registry:
         """The archive manifest of ``ref`` (tag or digest), raw bytes kept, digest verified.
 
         The digest is checked against ``@digest`` when the reference has one, else against the
-        registry's ``Docker-Content-Digest`` header when present. Raises
+        registry's ``Docker-Content-Digest`` header when present. With ``caches``, a fresh
+        tag → digest entry and a cached manifest answer without any request (see the class
+        docstring for offline mode and the fallback when the registry is unreachable). Raises
         :class:`~blobfs.errors.RegistryNotFound`, :class:`~blobfs.errors.DigestMismatch`,
         :class:`~blobfs.errors.InvalidManifest` (see :meth:`Manifest.parse`).
         """
-        r = _parse_ref(ref)
+        return self._fetch(_parse_ref(ref))[0]
+
+    def _cached_manifest(self, digest: str) -> Manifest | None:
+        """The manifest cached under ``digest`` (verified; an unparsable entry is dropped)."""
+        if self._caches is None:
+            return None
+        raw = self._caches.manifests.get(digest)
+        if raw is None:
+            return None
+        try:
+            return Manifest.parse(raw)
+        except InvalidManifest:
+            self._caches.manifests.delete(digest)
+            return None
+
+    def _fetch(self, r: ReferenceLike) -> tuple[Manifest, str | None]:
+        """The manifest of ``r`` and the repository base URL that served it (None: a cache)."""
         what = str(r)
-        raw, ctype, _ = self._get_manifest_raw(r, what)
+        caches = self._caches
+        if caches is not None:
+            digest = r.digest
+            if digest is None and r.tag:
+                digest = caches.refs.get(what)
+            if digest is not None:
+                cached = self._cached_manifest(digest)
+                if cached is not None:
+                    log.debug("%s: manifest %s from the cache", what, digest)
+                    return cached, None
+            if self._offline:
+                return self._from_cache(r, None), None
+        try:
+            (raw, ctype, _), base = self._read(
+                r, what, lambda b, retry: self._get_manifest_raw(r, what, b, retry)
+            )
+        except RegistryError as exc:
+            if caches is not None and _unreachable(exc):
+                return self._from_cache(r, exc), None
+            raise
         if ctype in (OCI_INDEX, DOCKER_MANIFEST_LIST):
             raise InvalidManifest(f"{what} is an image index ({ctype}), not an archive manifest")
         try:
-            return Manifest.parse(raw)
+            manifest = Manifest.parse(raw)
         except InvalidManifest as exc:
             raise InvalidManifest(f"{what}: {exc}") from None
+        if caches is not None:
+            caches.manifests.put(manifest.digest, raw)
+            if r.tag and not r.digest:
+                caches.refs.put(what, manifest.digest)
+        return manifest, base
+
+    def _from_cache(self, r: ReferenceLike, cause: RegistryError | None) -> Manifest:
+        """The cached manifest of ``r`` whatever the ref-cache TTL (offline mode, or the
+        registry unreachable: ``cause``), logged at WARNING; else the cause (or an offline
+        RegistryError) is raised."""
+        what = str(r)
+        assert self._caches is not None
+        digest, when, stale = r.digest, None, False
+        if digest is None and r.tag:
+            entry = self._caches.refs.lookup(what)
+            if entry is not None:
+                digest, when, stale = entry.digest, entry.resolved_at, not entry.fresh
+        manifest = self._cached_manifest(digest) if digest else None
+        if manifest is None or digest is None:
+            if cause is not None:
+                raise cause
+            raise RegistryError(f"{what}: offline mode and the manifest is not in the cache")
+        if when is None:
+            when = self._caches.manifests.cached_at(digest) or time.time()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(when))
+        why = "offline mode" if cause is None else "registry unreachable"
+        log.warning(
+            "%s: serving %s from cache (resolved %s at %s)%s",
+            why,
+            what,
+            digest,
+            stamp,
+            "; the tag may be stale (past the cache TTL)" if stale else "",
+        )
+        return manifest
 
     def _fetch_index(self, ref: ReferenceLike, manifest: Manifest, max_index_size: int) -> Index:
+        return self._fetch_index_from(ref, manifest, max_index_size)[0]
+
+    def _fetch_index_from(
+        self, ref: ReferenceLike, manifest: Manifest, max_index_size: int
+    ) -> tuple[Index, str | None]:
+        """The verified index of ``manifest`` and the base URL that served it (None: the
+        index cache)."""
         desc = manifest.index_descriptor
         what = f"{ref}: index blob {desc.digest}"
         if max_index_size > 0 and desc.size > max_index_size:
             raise RegistryError(
                 f"{what} is {desc.size} bytes, over max_index_size {max_index_size}"
             )
-        limit = desc.size
-        _, raw = self._get_limited(what, self.blob_url(ref, desc.digest), limit)
-        if len(raw) != desc.size:
-            raise DigestMismatch(what, f"{desc.size} bytes", f"{len(raw)} bytes")
-        actual = digest_of(raw)
-        if actual != desc.digest:
-            raise DigestMismatch(what, desc.digest, actual)
+        cached = self._caches.indexes.get(desc.digest) if self._caches is not None else None
+        base: str | None = None
+        if cached is not None and len(cached) == desc.size:
+            raw = cached
+        else:
+            if self._offline:
+                raise RegistryError(f"{what}: offline mode and the index is not in the cache")
+
+            def get(b: str, retry: bool) -> bytes:
+                _, raw = self._get_limited(what, f"{b}/blobs/{desc.digest}", desc.size, retry=retry)
+                if len(raw) != desc.size:
+                    raise DigestMismatch(what, f"{desc.size} bytes", f"{len(raw)} bytes")
+                actual = digest_of(raw)
+                if actual != desc.digest:
+                    raise DigestMismatch(what, desc.digest, actual)
+                return raw
+
+            raw, base = self._read(ref, what, get)
+            if self._caches is not None:
+                self._caches.indexes.put(desc.digest, raw)
         index = Index(raw)
         data = manifest.data_descriptor
         if index.data_hash:
@@ -451,7 +604,7 @@ class Registry:
                     f"{ref}: the index's data_size {index.data_size} differs from the data "
                     f"layer size {data.size}"
                 )
-        return index
+        return index, base
 
     def inspect(
         self, ref: ReferenceLike | str, *, max_index_size: int = DEFAULT_MAX_INDEX_SIZE
@@ -486,13 +639,15 @@ class Registry:
         The archive owns its connection pool (``close()`` it; it outlives this registry).
         """
         r = _parse_ref(ref)
-        manifest = self.fetch(r)
-        index = self._fetch_index(r, manifest, max_index_size)
+        manifest, manifest_base = self._fetch(r)
+        index, index_base = self._fetch_index_from(r, manifest, max_index_size)
         data = manifest.data_descriptor
-        http = httpx.Client(auth=self._auth, timeout=self._timeout)
+        base = index_base or manifest_base or self._data_base(r, data.digest)
+        # trust_env (the default) keeps HTTP(S)_PROXY/NO_PROXY honoured for range reads too.
+        http = httpx.Client(auth=self._auth, timeout=self._timeout, trust_env=True)
         try:
             source = HttpSource(
-                self.blob_url(r, data.digest),
+                f"{base}/blobs/{data.digest}",
                 size=data.size,
                 source_id=data.digest,
                 client=http,
@@ -511,6 +666,23 @@ class Registry:
         except BaseException:
             http.close()
             raise
+
+    def _data_base(self, ref: ReferenceLike, digest: str) -> str:
+        """Where a pulled archive reads its data blob when manifest and index came from the
+        caches: the first mirror answering HEAD 200 for the blob, else the registry itself
+        (no request at all without mirrors or in offline mode)."""
+        bases = self._read_bases(ref)
+        if not self._offline:
+            for base, is_mirror in bases:
+                if not is_mirror:
+                    break
+                url = f"{base}/blobs/{digest}"
+                try:
+                    self._send(f"{ref}: blob {digest}", "HEAD", url, retry=False)
+                    return base
+                except RegistryError as exc:
+                    log.info("%s: mirror %s lacks %s (%s)", ref, _redact(base), digest, exc)
+        return bases[-1][0]
 
     # ------------------------------------------------------------------ push
 
@@ -716,22 +888,28 @@ class Registry:
         pagination. ``ref`` may be a bare ``host/repository``."""
         r = _parse_ref(ref, default_tag="latest")
         what = f"{r.registry}/{r.repository}"
-        url: httpx.URL | None = httpx.URL(f"{self._base(r)}/tags/list").copy_add_param(
+        upstream = self._base(r)
+        url: httpx.URL | None = httpx.URL(f"{upstream}/tags/list").copy_add_param(
             "n", str(TAGS_PAGE)
         )
         tags: list[str] = []
         pages = 0
         while url is not None and pages < _MAX_PAGES:
             pages += 1
-            resp, body = self._get_limited(what, str(url), MAX_MANIFEST_SIZE)
+
+            def get(b: str, retry: bool, page: httpx.URL = url) -> tuple[httpx.Response, bytes]:
+                target = _rebase(page, b, upstream)
+                return self._get_limited(what, target, MAX_MANIFEST_SIZE, retry=retry)
+
+            resp, body = self._read(r, what, get)[0]
             try:
                 doc = json.loads(body)
-                page = doc.get("tags") or []
+                names = doc.get("tags") or []
             except (ValueError, AttributeError):
                 raise RegistryError(f"{what}: malformed tag list") from None
-            if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
+            if not isinstance(names, list) or not all(isinstance(t, str) for t in names):
                 raise RegistryError(f"{what}: malformed tag list")
-            tags.extend(page)
+            tags.extend(names)
             nxt = resp.links.get("next", {}).get("url")
             url = url.join(nxt) if nxt else None
         return tags
@@ -789,6 +967,20 @@ class Registry:
     def resolve(self, ref: ReferenceLike | str) -> str:
         """The manifest digest ``ref``'s tag points at (``ref``'s own digest when given)."""
         return self._resolve(_parse_ref(ref))
+
+
+def _rebase(url: httpx.URL, base: str, upstream: str) -> str:
+    """``url`` (under ``upstream``) moved under ``base`` (the same path relative to it)."""
+    text = str(url)
+    return base + text[len(upstream) :] if text.startswith(upstream) else text
+
+
+def _unreachable(exc: RegistryError) -> bool:
+    """True when ``exc`` says the registry could not be reached or could not answer (connection
+    errors, 5xx after the retries) — as opposed to an answer (404, 401, bad content)."""
+    if exc.status is not None:
+        return exc.status >= 500
+    return isinstance(exc.__context__, httpx.TransportError)
 
 
 def _bytes_file(data: bytes) -> contextlib.AbstractContextManager[Any]:
