@@ -8,8 +8,9 @@ As the seed's ``blob.NewClient(blob.WithDockerConfig())`` / ``c.Push`` / ``c.Pul
             archive.read_file("docs/readme.md")
 
 It wires a :class:`~blobfs.registry.Registry` with docker-config credentials
-(:class:`~blobfs.registry.CredentialStore` + :class:`~blobfs.registry.RegistryAuth`) and the
-content and block caches under ``cache_dir``. Everything else is the registry's behaviour.
+(:class:`~blobfs.registry.CredentialStore` + :class:`~blobfs.registry.RegistryAuth`), the
+registry caches (tags, manifests, indexes) and the content and block caches under
+``cache_dir``. Everything else is the registry's behaviour.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ from typing import Protocol
 from .core import DEFAULT_MAX_FILE_SIZE, Archive, Compression, CreateProgress, Index, create_blob
 from .core.cache.disk import BlockCache, DiskCache
 from .registry import (
+    DEFAULT_REF_TTL,
     Credentials,
     CredentialStore,
     Manifest,
+    MirrorSpec,
     Reference,
     Registry,
     RegistryAuth,
+    RegistryCaches,
     RemoteArchive,
 )
 
@@ -90,14 +94,20 @@ class Client:
     - ``credentials``: explicit credentials per registry host (they win over the files), or a
       ready :class:`~blobfs.registry.CredentialStore`.
     - ``cache_dir``: when given, pulled archives read through a content cache
-      (``cache_dir/content``) and a block cache (``cache_dir/blocks``); None = no caches.
-    - ``plain_http``/``insecure_hosts``: as :class:`~blobfs.registry.Registry` (by default plain
-      HTTP only for loopback registries).
+      (``cache_dir/content``) and a block cache (``cache_dir/blocks``), and the registry built
+      uses :class:`~blobfs.registry.RegistryCaches` (``cache_dir/refs``, ``manifests``,
+      ``indexes``) with tags trusted for ``ref_ttl`` seconds (0 = always resolve); None = no
+      caches.
+    - ``plain_http``/``insecure_hosts``/``offline``/``mirrors``/``ca_file``: as
+      :class:`~blobfs.registry.Registry` (by default plain HTTP only for loopback registries;
+      ``offline`` serves manifests and indexes from the registry caches only, so it wants
+      ``cache_dir``; ``ca_file`` is a PEM bundle of CAs to verify TLS against).
     - ``policy``: reserved for verification policies (a later issue); only ``None`` is accepted
       now, anything else raises :class:`ValueError` rather than being silently ignored.
     - ``registry``: use this :class:`~blobfs.registry.Registry` instead of building one (then
-      ``docker_config``, ``credentials``, ``plain_http``, ``insecure_hosts`` are unused); it is
-      not closed by :meth:`close`.
+      ``docker_config``, ``credentials``, ``plain_http``, ``insecure_hosts``, ``ref_ttl``,
+      ``offline``, ``mirrors``, ``ca_file`` are unused, and ``cache_dir`` only gives the
+      content and block caches); it is not closed by :meth:`close`.
 
     Thread safety: as the registry's (methods may be called from several threads).
     """
@@ -112,10 +122,17 @@ class Client:
         insecure_hosts: Collection[str] = (),
         policy: None = None,
         registry: Registry | None = None,
+        ref_ttl: float = DEFAULT_REF_TTL,
+        offline: bool = False,
+        mirrors: Mapping[str, Sequence[MirrorSpec]] | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if policy is not None:
             raise ValueError("verification policies are not supported yet: pass policy=None")
+        if ref_ttl < 0:
+            raise ValueError(f"ref_ttl must be >= 0, got {ref_ttl!r}")
         self.policy = policy
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         self._owns_registry = registry is None
         if registry is None:
             if isinstance(credentials, CredentialStore):
@@ -124,11 +141,21 @@ class Client:
                 store = CredentialStore(
                     credentials, docker_config=docker_config, auth_file=docker_config
                 )
+            caches = (
+                RegistryCaches(self.cache_dir, ref_ttl=ref_ttl)
+                if self.cache_dir is not None
+                else None
+            )
             registry = Registry(
-                auth=RegistryAuth(store), plain_http=plain_http, insecure_hosts=insecure_hosts
+                auth=RegistryAuth(store),
+                plain_http=plain_http,
+                insecure_hosts=insecure_hosts,
+                caches=caches,
+                offline=offline,
+                mirrors=mirrors,
+                ca_file=ca_file,
             )
         self.registry = registry
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         self._cache: DiskCache | None = None
         self._block_cache: BlockCache | None = None
         if self.cache_dir is not None:

@@ -45,6 +45,8 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DOCKER_CONFIG", str(docker))
     monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
     monkeypatch.setenv("BLOBFS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("BLOBFS_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # no user config file
     return docker
 
 
@@ -313,3 +315,12 @@ def test_plain_http_options_parse(capsysbinary: Capture) -> None:
     )
     assert rc == 1
     assert len(err.strip().splitlines()) == 1
+
+
+def test_reference_commands_fill_registry_caches(pushed: str, capsysbinary: Capture) -> None:
+    cache = Path(os.environ["BLOBFS_CACHE_DIR"])
+    doc = run_json(capsysbinary, "inspect", pushed)
+    for sub in ("refs", "manifests", "indexes"):
+        assert any((cache / sub).iterdir()), sub
+    # Offline, inspect is answered from those caches.
+    assert run_json(capsysbinary, "inspect", pushed, "--offline")["digest"] == doc["digest"]

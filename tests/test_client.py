@@ -82,3 +82,32 @@ def test_bad_arguments(tmp_path: Path) -> None:
             c.push("127.0.0.1:1/r/x@sha256:" + "0" * 64, tmp_path)
         with pytest.raises(ValueError, match="invalid reference"):
             c.pull("not a ref")
+
+
+def test_registry_caches_offline_and_ref_ttl(tmp_path: Path, src: Path) -> None:
+    cache = tmp_path / "cache"
+    with local_registry(tmp_path / "reg") as reg:
+        ref = reg.host + "/client/offline:v1"
+        with Client(docker_config=False, cache_dir=cache, ref_ttl=0) as c:
+            assert c.registry._caches is not None
+            assert c.registry._caches.refs.ttl == 0
+            digest = c.push(ref, src).digest
+            with c.pull(ref) as ar:
+                assert ar.read_file("top.txt") == FILES["top.txt"]
+        for sub in ("refs", "manifests", "indexes", "content", "blocks"):
+            assert (cache / sub).is_dir(), sub
+        reg.stop()
+        # Origin down: offline serves tag, manifest and index from the registry caches, and
+        # the files read before from the content cache.
+        with Client(docker_config=False, cache_dir=cache, offline=True) as c:
+            assert c.registry.inspect(ref).digest == digest
+            with c.pull(ref) as ar:
+                assert ar.manifest.digest == digest
+                assert ar.read_file("top.txt") == FILES["top.txt"]
+
+
+def test_ca_file_and_ref_ttl_checked(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        Client(docker_config=False, ca_file=tmp_path / "missing.pem")
+    with pytest.raises(ValueError, match="ref_ttl"):
+        Client(docker_config=False, ref_ttl=-1)

@@ -390,3 +390,15 @@ async def test_async_client_shares_the_flow(token_registry: LocalRegistry, ts: T
             r = await aclient.get(f"{base}/v2/async/blobs/{digest}")
             assert r.content == b"async read"
     assert ts.hits == start + 1
+
+
+def test_scope_actions_are_canonical() -> None:
+    """distribution lists actions in map order; one grant must be one cache key."""
+    from blobfs.registry._auth import canonical_scope
+
+    assert canonical_scope("repository:a/b:push,pull") == "repository:a/b:pull,push"
+    assert canonical_scope("repository:a:pull,push") == "repository:a:pull,push"
+    assert canonical_scope("repository:x:push registry:catalog:*") == (
+        "repository:x:push registry:catalog:*"
+    )
+    assert canonical_scope("") == ""

@@ -13,36 +13,48 @@ like a registry host (has a dot or a port, or is ``localhost``); it must then pa
 both what was not found locally and why it is no reference. The archive is pulled with
 :class:`blobfs.client.Client` (credentials from the docker config; ``--plain-http`` and
 ``--insecure-host`` choose plain HTTP) and read lazily through the same caches.
+
+The configuration file (:func:`load_config`, ``--config FILE``, ``$BLOBFS_CONFIG``,
+``$XDG_CONFIG_HOME/blobfs/config.toml``) gives the cache root, the tag TTL of the registry caches,
+insecure registries and registry mirrors; command-line options and ``$BLOBFS_CACHE_DIR`` win
+over it. The CLI is the only part of blobfs that reads configuration files or the environment.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
-from dataclasses import dataclass
+import re
+import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ..client import Client
 from ..core import Archive, FileSource, Index, open_file
 from ..core.cache.disk import BlockCache, DiskCache
 from ..core.http import HttpSource
 from ..errors import InvalidReference
-from ..registry import Reference
+from ..registry import DEFAULT_REF_TTL, Reference, parse_mirrors
 from ._output import CliError, Output
 
 __all__ = [
     "DEFAULT_DATA_NAME",
     "DEFAULT_INDEX_NAME",
     "ArchiveSpec",
+    "Config",
     "Ctx",
     "add_archive_options",
     "archive_and_rest",
     "cache_root",
+    "config_path",
     "display_path",
     "is_url",
+    "load_config",
     "make_client",
     "open_archive",
+    "parse_duration",
     "parse_reference",
     "reference_arg",
     "usage_error",
@@ -56,6 +68,122 @@ MAX_INDEX_BYTES = 1 << 31
 
 DEFAULT_INDEX_NAME = "index.blob"
 DEFAULT_DATA_NAME = "data.blob"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """What the configuration file says (defaults when there is none)."""
+
+    path: Path | None = None
+    """The file read, or None when there was none."""
+    cache_dir: Path | None = None
+    """``[cache] dir``: the cache root (``--cache-dir`` and ``$BLOBFS_CACHE_DIR`` win)."""
+    ref_ttl: float = DEFAULT_REF_TTL
+    """``[cache] ref_ttl``: seconds a tag -> digest answer is trusted (0 = always resolve)."""
+    insecure_hosts: tuple[str, ...] = ()
+    """``[[registry]]`` entries with ``insecure = true``: reached over plain HTTP."""
+    mirrors: dict[str, list[tuple[str, bool]]] = field(default_factory=dict)
+    """``[[registry.mirror]]`` entries, as :func:`blobfs.registry.parse_mirrors` gives them."""
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", re.IGNORECASE)
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a TOML value: a number of seconds (``300``, ``0``, ``1.5``) or a string with
+    a unit, ``ms``, ``s``, ``m``, ``h`` or ``d`` (``"5m"``, ``"30s"``, ``"300"``). ValueError
+    says what is wrong (negative, not finite, no number, unknown unit)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"want seconds or a duration like '5m', not {value!r}")
+    if isinstance(value, str):
+        m = _DURATION.fullmatch(value)
+        if m is None:
+            raise ValueError(f"not a duration: {value!r} (want e.g. '30s', '5m', '1h' or 300)")
+        seconds = float(m.group(1)) * _UNIT_SECONDS[(m.group(2) or "s").lower()]
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"must be 0 or more seconds, not {value!r}")
+    return seconds
+
+
+def config_path(explicit: str | None) -> tuple[Path, bool]:
+    """The configuration file to read and whether it was named explicitly (``--config`` or
+    ``$BLOBFS_CONFIG``: then it must exist); else ``$XDG_CONFIG_HOME/blobfs/config.toml`` or
+    ``~/.config/blobfs/config.toml``, which may be missing."""
+    if explicit:
+        return Path(explicit).expanduser(), True
+    env = os.environ.get("BLOBFS_CONFIG")
+    if env:
+        return Path(env).expanduser(), True
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".config"
+    return base / "blobfs" / "config.toml", False
+
+
+_TOP_KEYS = frozenset({"cache", "registry"})
+_CACHE_KEYS = frozenset({"dir", "ref_ttl"})
+
+
+def load_config(explicit: str | None = None) -> Config:
+    """Read the configuration file (see :func:`config_path`); defaults when an implicit one is
+    missing. :class:`CliError` ``FILE: problem`` (one line) for a missing explicit file, an
+    unreadable or malformed one."""
+    path, named = config_path(explicit)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if named:
+            raise CliError(f"{path}: configuration file not found") from None
+        return Config()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise CliError(f"{path}: cannot read the configuration file: {reason}") from None
+    try:
+        return _parse_config(path, text)
+    except ValueError as e:
+        problem = " ".join(str(e).split())
+        raise CliError(f"{path}: {problem}") from None
+
+
+def _parse_config(path: Path, text: str) -> Config:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"invalid TOML: {e}") from None
+    unknown = sorted(set(doc) - _TOP_KEYS)
+    if unknown:
+        raise ValueError(f"unknown setting {unknown[0]!r} (known: [cache], [[registry]])")
+    cache: Any = doc.get("cache", {})
+    if not isinstance(cache, dict):
+        raise ValueError("'cache' must be a table ([cache])")
+    unknown = sorted(set(cache) - _CACHE_KEYS)
+    if unknown:
+        raise ValueError(f"[cache]: unknown key {unknown[0]!r} (known: dir, ref_ttl)")
+    cache_dir: Path | None = None
+    if "dir" in cache:
+        d = cache["dir"]
+        if not isinstance(d, str) or not d.strip():
+            raise ValueError("[cache] dir: must be a non-empty string")
+        cache_dir = Path(d).expanduser()
+        if not cache_dir.is_absolute():
+            cache_dir = path.parent / cache_dir
+    ref_ttl = DEFAULT_REF_TTL
+    if "ref_ttl" in cache:
+        try:
+            ref_ttl = parse_duration(cache["ref_ttl"])
+        except ValueError as e:
+            raise ValueError(f"[cache] ref_ttl: {e}") from None
+    mirrors = parse_mirrors(text)
+    insecure: list[str] = []
+    for i, entry in enumerate(doc.get("registry", [])):
+        flag = entry.get("insecure", False)
+        if not isinstance(flag, bool):
+            raise ValueError(f"registry #{i + 1}: 'insecure' must be true or false")
+        if flag:
+            insecure.append(str(entry["location"]).strip().rstrip("/"))
+    return Config(path, cache_dir, ref_ttl, tuple(insecure), mirrors)
 
 
 @dataclass(slots=True)
@@ -72,7 +200,14 @@ class Ctx:
     plain_http: bool = False
     """``--plain-http``: talk plain HTTP to every registry (default: only to loopback ones)."""
     insecure_hosts: tuple[str, ...] = ()
-    """``--insecure-host HOST``: registries reached over plain HTTP as well."""
+    """``--insecure-host HOST`` and the configuration's insecure registries: reached over
+    plain HTTP as well."""
+    offline: bool = False
+    """``--offline``: registry metadata (tags, manifests, indexes) only from the caches."""
+    ca_file: str | None = None
+    """``--ca-file PEM``: CA bundle to verify registry TLS certificates against."""
+    config: Config = field(default_factory=Config)
+    """The configuration file's settings."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,14 +327,27 @@ def parse_reference(text: str, *, allow_digest: bool = True) -> Reference:
 
 
 def make_client(ctx: Ctx, *, caches: bool | None = None) -> Client:
-    """A :class:`Client` with docker-config credentials, the run's plain-HTTP settings and
-    (when ``caches``, default: unless ``--no-cache``) the caches under the cache root."""
+    """A :class:`Client` with docker-config credentials, the run's plain-HTTP, TLS, offline and
+    mirror settings and (when ``caches``, default: unless ``--no-cache``) the caches under the
+    cache root (content, blocks, and the registry caches with the configured tag TTL)."""
     use = ctx.use_cache if caches is None else caches
-    return Client(
-        cache_dir=cache_root(ctx) if use else None,
-        plain_http=True if ctx.plain_http else None,
-        insecure_hosts=ctx.insecure_hosts,
-    )
+    if ctx.offline and not use:
+        raise CliError("--offline serves registry metadata from the caches: drop --no-cache")
+    try:
+        return Client(
+            cache_dir=cache_root(ctx) if use else None,
+            plain_http=True if ctx.plain_http else None,
+            insecure_hosts=ctx.insecure_hosts,
+            ref_ttl=ctx.config.ref_ttl,
+            offline=ctx.offline,
+            mirrors=ctx.config.mirrors,
+            ca_file=ctx.ca_file,
+        )
+    except OSError as e:  # the CA bundle (the only file read on construction)
+        if ctx.ca_file is None:
+            raise
+        reason = e.strerror or " ".join(str(e).split()) or type(e).__name__
+        raise CliError(f"{ctx.ca_file}: --ca-file: {reason}") from None
 
 
 def _parse_header(args: argparse.Namespace, text: str) -> tuple[str, str]:
@@ -210,12 +358,14 @@ def _parse_header(args: argparse.Namespace, text: str) -> tuple[str, str]:
 
 
 def cache_root(ctx: Ctx) -> Path:
-    """``--cache-dir``, else ``$BLOBFS_CACHE_DIR``, else ``$XDG_CACHE_HOME/blobfs``, else
-    ``~/.cache/blobfs``."""
+    """``--cache-dir``, else ``$BLOBFS_CACHE_DIR``, else the configuration's ``[cache] dir``,
+    else ``$XDG_CACHE_HOME/blobfs``, else ``~/.cache/blobfs``."""
     if ctx.cache_dir is not None:
         return ctx.cache_dir
     if os.environ.get("BLOBFS_CACHE_DIR"):
         return Path(os.environ["BLOBFS_CACHE_DIR"])
+    if ctx.config.cache_dir is not None:
+        return ctx.config.cache_dir
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".cache"
     return base / "blobfs"

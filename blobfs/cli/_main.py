@@ -28,7 +28,13 @@ from ..core import CHUNK_SIZE_MAX, CHUNK_SIZE_MIN, DEFAULT_MAX_FILE_SIZE
 from ..errors import BlobfsError
 from ._archive_cmds import cmd_cat, cmd_ls, cmd_tree, cmd_verify
 from ._cache_cmds import cmd_cache
-from ._common import DEFAULT_DATA_NAME, DEFAULT_INDEX_NAME, Ctx, add_archive_options
+from ._common import (
+    DEFAULT_DATA_NAME,
+    DEFAULT_INDEX_NAME,
+    Ctx,
+    add_archive_options,
+    load_config,
+)
 from ._cp import cmd_cp
 from ._create_cmd import cmd_create
 from ._login import cmd_login, cmd_logout
@@ -158,6 +164,28 @@ def _add_global_options(parser: argparse.ArgumentParser, suffix: str) -> None:
         dest="insecure_host" + suffix,
         default=[],
         help="a registry to reach over plain HTTP (repeatable)",
+    )
+    g.add_argument(
+        "--offline",
+        action="store_true",
+        dest="offline" + suffix,
+        default=False,
+        help="never ask registries for tags, manifests or indexes: serve them from the caches",
+    )
+    g.add_argument(
+        "--ca-file",
+        metavar="PEM",
+        dest="ca_file" + suffix,
+        default=None,
+        help="verify registry TLS certificates against the CA certificates in PEM",
+    )
+    g.add_argument(
+        "--config",
+        metavar="FILE",
+        dest="config" + suffix,
+        default=None,
+        help="configuration file (default $BLOBFS_CONFIG, else "
+        "$XDG_CONFIG_HOME/blobfs/config.toml)",
     )
 
 
@@ -461,6 +489,7 @@ def _settings(args: argparse.Namespace) -> tuple[Ctx, int]:
     verbose = int(args.verbose) + int(args.verbose_sub)
     mfs = args.max_file_size_sub if args.max_file_size_sub is not None else args.max_file_size
     cache_dir = args.cache_dir_sub or args.cache_dir
+    config = load_config(args.config_sub or args.config)
     ctx = Ctx(
         Output(output, quiet),
         DEFAULT_MAX_FILE_SIZE if mfs is None else mfs,
@@ -468,7 +497,12 @@ def _settings(args: argparse.Namespace) -> tuple[Ctx, int]:
         cache_dir=Path(cache_dir) if cache_dir else None,
         use_cache=not (args.no_cache or args.no_cache_sub),
         plain_http=bool(args.plain_http or args.plain_http_sub),
-        insecure_hosts=tuple(args.insecure_host) + tuple(args.insecure_host_sub),
+        insecure_hosts=tuple(args.insecure_host)
+        + tuple(args.insecure_host_sub)
+        + config.insecure_hosts,
+        offline=bool(args.offline or args.offline_sub),
+        ca_file=args.ca_file_sub or args.ca_file,
+        config=config,
     )
     return ctx, verbose
 

@@ -9,7 +9,13 @@
 * ``tag SRC DST``: give SRC's manifest (same bytes, same digest) the tag of DST; both in one
   repository.
 * ``inspect REF``: manifest digest, sizes, files, compression, created, annotations (index and
-  manifest only, no data-blob traffic). A local ARCHIVE goes to the local ``inspect``.
+  manifest only, no data-blob traffic; through the registry caches unless ``--no-cache``). A
+  local ARCHIVE goes to the local ``inspect``.
+
+``pull`` and ``inspect`` (and ``ls``/``cat``/... of a REF) use the registry caches under the
+cache root (tags within the configured TTL, manifests and indexes by digest), so ``--offline``
+works for them; ``push`` and ``tag`` always ask the registry (``tag`` must not tag a digest
+remembered from an older answer).
 """
 
 from __future__ import annotations
@@ -162,7 +168,7 @@ def cmd_inspect_any(args: argparse.Namespace, ctx: Ctx) -> int:
     ref = reference_arg(positionals[0])
     if ref is None:
         return cmd_inspect(args, ctx)
-    with make_client(ctx, caches=False) as client:
+    with make_client(ctx) as client:  # the registry caches answer (or, --offline, alone)
         info = client.registry.inspect(ref)
     index = info.index
     total = 0

@@ -10,6 +10,7 @@ Public API::
     with reg.pull(ref) as archive: ...    # index verified; data read lazily by ranges
     reg.fetch(ref), reg.tag(ref, digest), reg.inspect(ref), reg.list_tags(ref),
     reg.referrers(ref, artifact_type)
+    Registry(caches=RegistryCaches(root), offline=True, mirrors=parse_mirrors(toml_text))
 """
 
 from __future__ import annotations
@@ -31,14 +32,19 @@ from ._manifest import OCI_MANIFEST as OCI_MANIFEST
 from ._manifest import Descriptor as Descriptor
 from ._manifest import Manifest as Manifest
 from ._manifest import build_manifest as build_manifest
+from ._mirrors import MirrorSpec as MirrorSpec
+from ._mirrors import parse_mirrors as parse_mirrors
 from ._reference import Reference as Reference
 from ._reference import is_loopback as is_loopback
 from ._reference import scheme_for as scheme_for
 from ._reference import split_host_port as split_host_port
+from .cache import DEFAULT_REF_TTL as DEFAULT_REF_TTL
+from .cache import RegistryCaches as RegistryCaches
 
 __all__ = [
     "ARTIFACT_TYPE",
     "DATA_MEDIA_TYPE",
+    "DEFAULT_REF_TTL",
     "INDEX_MEDIA_TYPE",
     "OCI_INDEX",
     "OCI_MANIFEST",
@@ -48,14 +54,17 @@ __all__ = [
     "Descriptor",
     "Inspection",
     "Manifest",
+    "MirrorSpec",
     "Reference",
     "Registry",
     "RegistryAuth",
+    "RegistryCaches",
     "RemoteArchive",
     "build_manifest",
     "is_loopback",
     "normalize_host",
     "parse_challenges",
+    "parse_mirrors",
     "scheme_for",
     "split_host_port",
 ]

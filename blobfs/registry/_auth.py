@@ -116,6 +116,17 @@ def parse_challenges(values: list[str]) -> list[Challenge]:
     return challenges
 
 
+def canonical_scope(scope: str) -> str:
+    """``scope`` with each resource's actions sorted: registries list them in any order
+    (distribution 2.8 iterates a Go map: ``push,pull`` or ``pull,push``), and the token cache
+    must see one key for one grant."""
+    parts = []
+    for item in scope.split():
+        kind, sep, actions = item.rpartition(":")
+        parts.append(f"{kind}{sep}{','.join(sorted(actions.split(',')))}" if sep else item)
+    return " ".join(parts)
+
+
 def infer_scope(request: httpx.Request) -> str | None:
     """The token scope a registry request needs, from its method and path; None if unknown."""
     m = _REPO_PATH.match(request.url.path)
@@ -273,7 +284,7 @@ class RegistryAuth(httpx.Auth):
             else:
                 realm = challenge.params.get("realm", "")
                 service = challenge.params.get("service", "")
-                scope = challenge.params.get("scope") or infer_scope(request) or ""
+                scope = canonical_scope(challenge.params.get("scope") or infer_scope(request) or "")
                 key = (realm, service, scope)
                 if key in fresh:
                     raise AuthError(

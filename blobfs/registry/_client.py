@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import ssl
 import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -219,6 +220,11 @@ class Registry:
       one attempt each (no retries: the upstream is the fallback). Pushes, tag and referrers
       always go to the registry itself. Digests are verified whoever served the content.
 
+    - ``ca_file``: a PEM bundle of CA certificates to verify registry TLS certificates
+      against (instead of the system's), for the API client and the data-blob clients of
+      pulled archives; not used with ``client`` (whose TLS settings stay its own) except for
+      pulled archives. A missing or unreadable file raises :class:`OSError` at construction.
+
     HTTP(S) proxies from the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``) are
     honoured by the clients this class creates (httpx ``trust_env``).
 
@@ -247,6 +253,7 @@ class Registry:
         caches: RegistryCaches | None = None,
         offline: bool = False,
         mirrors: Mapping[str, Sequence[MirrorSpec]] | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
@@ -261,10 +268,16 @@ class Registry:
         self._retries = retries
         self._backoff = backoff
         self._chunk_size = chunk_size
+        self._verify: ssl.SSLContext | bool = True
+        if ca_file is not None:
+            # Read now: a missing bundle is an error here, not at the first HTTPS request.
+            self._verify = ssl.create_default_context(cafile=os.fspath(ca_file))
         self._owns_client = client is None
         # trust_env (the default) keeps HTTP(S)_PROXY/NO_PROXY honoured.
         self._client = (
-            client if client is not None else httpx.Client(timeout=timeout, trust_env=True)
+            client
+            if client is not None
+            else httpx.Client(timeout=timeout, trust_env=True, verify=self._verify)
         )
         self._caches = caches
         self._offline = offline
@@ -644,7 +657,9 @@ class Registry:
         data = manifest.data_descriptor
         base = index_base or manifest_base or self._data_base(r, data.digest)
         # trust_env (the default) keeps HTTP(S)_PROXY/NO_PROXY honoured for range reads too.
-        http = httpx.Client(auth=self._auth, timeout=self._timeout, trust_env=True)
+        http = httpx.Client(
+            auth=self._auth, timeout=self._timeout, trust_env=True, verify=self._verify
+        )
         try:
             source = HttpSource(
                 f"{base}/blobs/{data.digest}",
