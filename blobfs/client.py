@@ -186,15 +186,17 @@ class Client:
         tags: Sequence[str] = (),
         annotations: Mapping[str, str] | None = None,
         progress: Callable[[CreateProgress], object] | None = None,
+        upload_progress: Callable[[str, int, int], object] | None = None,
     ) -> Manifest:
         """Archive the directory ``src_dir`` and push it as ``ref`` (which needs a tag; a bare
         ``host/repo`` gets ``:latest``), plus each of ``tags``; return the manifest pushed.
 
         A directory that already is an archive (``index.blob`` + ``data.blob``) is pushed as
         it is. The archive is written to a temporary directory (removed afterwards) and
-        streamed up; ``progress`` receives the archiving progress. Raises ``ValueError`` for a
-        reference with a digest or a ``src_dir`` that is not a directory, and the registry's
-        errors (:class:`~blobfs.errors.RegistryError` and subclasses).
+        streamed up; ``progress`` receives the archiving progress, ``upload_progress`` the
+        upload's as ``(blob_digest, bytes_done, total)`` (see :meth:`Registry.push`). Raises
+        ``ValueError`` for a reference with a digest or a ``src_dir`` that is not a directory,
+        and the registry's errors (:class:`~blobfs.errors.RegistryError` and subclasses).
         """
         r = ref if isinstance(ref, Reference) else Reference.parse(ref, default_tag="latest")
         if r.digest is not None:
@@ -204,10 +206,14 @@ class Client:
             raise ValueError(f"{src}: not a directory")
         if (src / "index.blob").is_file() and (src / "data.blob").is_file():
             Index((src / "index.blob").read_bytes())  # a broken archive fails here, clearly
-            return self.registry.push(r, src, tags=tags, annotations=annotations)
+            return self.registry.push(
+                r, src, tags=tags, annotations=annotations, progress=upload_progress
+            )
         with tempfile.TemporaryDirectory(prefix="blobfs-push-") as tmp:
             create_blob(src, tmp, compression=compression, progress=progress).close()
-            return self.registry.push(r, tmp, tags=tags, annotations=annotations)
+            return self.registry.push(
+                r, tmp, tags=tags, annotations=annotations, progress=upload_progress
+            )
 
     def pull(
         self,

@@ -324,3 +324,122 @@ def test_reference_commands_fill_registry_caches(pushed: str, capsysbinary: Capt
         assert any((cache / sub).iterdir()), sub
     # Offline, inspect is answered from those caches.
     assert run_json(capsysbinary, "inspect", pushed, "--offline")["digest"] == doc["digest"]
+
+
+def _many_files_tree(root: Path) -> dict[str, bytes]:
+    files = {f"d{i % 7}/f{i:03d}.txt": f"file {i}\n".encode() * (i + 1) for i in range(200)}
+    files["big/blob.bin"] = bytes(range(251)) * (3 * 4096 + 17)  # ~3 MiB: chunked, readahead
+    for n, (name, data) in enumerate(sorted(files.items())):
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        p.chmod(0o755 if n % 5 == 0 else 0o640)
+        os.utime(p, ns=(MTIME_NS + n, MTIME_NS + n))
+    return files
+
+
+def test_pull_parallel_many_files(
+    registry: LocalRegistry, tmp_path: Path, capsysbinary: Capture
+) -> None:
+    src = tmp_path / "many"
+    files = _many_files_tree(src)
+    ref = f"{host_of(registry)}/team/many:v1"
+    rc, _, err = run(capsysbinary, "--plain-http", "push", ref, str(src))
+    assert rc == 0, err
+    dest = tmp_path / "pulled"
+    doc = run_json(capsysbinary, "--plain-http", "pull", ref, str(dest))
+    assert doc["file_count"] == len(files)
+    assert doc["skipped"] == []
+    for name, data in files.items():
+        got, want = dest / name, src / name
+        assert got.read_bytes() == data
+        assert stat.S_IMODE(got.stat().st_mode) == stat.S_IMODE(want.stat().st_mode)
+        assert got.stat().st_mtime_ns == want.stat().st_mtime_ns
+    assert not list(dest.rglob(".blobfs-*"))
+    # Again: every file exists, all skipped (reported in path order), nothing changed.
+    doc = run_json(capsysbinary, "--plain-http", "pull", ref, str(dest))
+    assert doc["file_count"] == 0
+    assert doc["skipped"] == sorted(doc["skipped"])
+    assert len(doc["skipped"]) == len(files)
+
+
+def test_pull_corrupt_blob_fails_cleanly(
+    registry: LocalRegistry, tmp_path: Path, capsysbinary: Capture
+) -> None:
+    src = tmp_path / "many"
+    files = _many_files_tree(src)
+    ref = f"{host_of(registry)}/team/bad:v1"
+    doc = run_json(capsysbinary, "--plain-http", "push", ref, str(src), "-c", "none")
+    rc, out, err = run(capsysbinary, "--plain-http", "inspect", ref, "--no-cache")
+    assert rc == 0, err
+    data_digest = next(line.split()[1] for line in out.splitlines() if line.startswith("Data:"))
+    assert doc["digest"] != data_digest
+    # Flip one byte of the data blob in the registry's own storage (same size, wrong content).
+    hexd = data_digest.removeprefix("sha256:")
+    blob = next((tmp_path / "reg").rglob(f"blobs/sha256/{hexd[:2]}/{hexd}/data"))
+    raw = bytearray(blob.read_bytes())
+    victim = files["d3/f010.txt"]
+    at = raw.index(victim)  # an uncompressed small file
+    raw[at] ^= 0xFF
+    blob.write_bytes(bytes(raw))
+    dest = tmp_path / "pulled"
+    rc, out, err = run(capsysbinary, "--plain-http", "pull", ref, str(dest))
+    assert rc == 1
+    # One error line (the library also warns once that it refetched from the origin).
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1, err
+    assert "d3/f010.txt" in errors[0]
+    assert "Traceback" not in err
+    assert not list(dest.rglob(".blobfs-*"))
+    assert not (dest / "d3" / "f010.txt").exists()
+
+
+def test_login_missing_ca_file_is_one_line_error(tmp_path: Path, capsysbinary: Capture) -> None:
+    missing = tmp_path / "nope.pem"
+    for argv in (
+        ("--ca-file", str(missing), "login", "reg.invalid:5000", "-u", "u", "--password-stdin"),
+        ("login", "reg.invalid:5000", "-u", "u", "--password-stdin", "--ca-file", str(missing)),
+    ):
+        rc, out, err = run(capsysbinary, *argv)
+        assert rc == 1
+        assert out == ""
+        assert len(err.strip().splitlines()) == 1, err
+        assert str(missing) in err
+        assert "--ca-file" in err
+
+
+def test_registry_push_reports_upload_progress(registry: LocalRegistry, tmp_path: Path) -> None:
+    import httpx
+
+    from blobfs.registry import Registry
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "random.bin").write_bytes(os.urandom(3 << 20))  # incompressible: a 3 MiB data blob
+    calls: list[tuple[str, int, int]] = []
+    with httpx.Client(timeout=30) as http, Registry(client=http, chunk_size=1 << 20) as reg:
+        m = reg.push(
+            f"{host_of(registry)}/team/progress:v1",
+            tree,
+            progress=lambda d, done, total: calls.append((d, done, total)),
+        )
+        data = m.data_descriptor
+        seen = [(done, total) for d, done, total in calls if d == data.digest]
+        assert len(seen) >= 3  # one per PATCH chunk
+        dones = [done for done, _ in seen]
+        assert dones == sorted(dones)
+        assert len(set(dones)) == len(dones)
+        assert all(total == data.size for _, total in seen)
+        assert dones[-1] == data.size
+        # Every blob ends complete: config, index, data.
+        finals = {d: done for d, done, total in calls if done == total}
+        assert {m.index_descriptor.digest, data.digest} <= set(finals)
+        # Pushed again: every blob is present, reported complete at once.
+        calls.clear()
+        reg.push(
+            f"{host_of(registry)}/team/progress:v2",
+            tree,
+            progress=lambda d, done, total: calls.append((d, done, total)),
+        )
+        assert len(calls) == 3
+        assert all(done == total for _, done, total in calls)

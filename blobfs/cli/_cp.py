@@ -84,7 +84,9 @@ class _Jail:
     """Directory descriptors below one destination root, opened without following symlinks.
 
     Keeps only the chain of the current directory open (files are visited in path order), so
-    an archive with a million directories does not need a million descriptors.
+    an archive with a million directories does not need a million descriptors. One jail is
+    single-threaded; several jails (one per thread) may share a root: a directory created by
+    another jail meanwhile is simply opened.
     """
 
     def __init__(self, root: Path) -> None:
@@ -118,7 +120,9 @@ class _Jail:
             try:
                 fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
             except FileNotFoundError:
-                os.mkdir(name, 0o777, dir_fd=parent)
+                # Another jail on the same root (parallel pull) may create it first.
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o777, dir_fd=parent)
                 fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
             except OSError as e:
                 if e.errno not in (errno.ELOOP, errno.ENOTDIR):

@@ -6,8 +6,9 @@ flow, through :class:`~blobfs.registry.RegistryAuth`) before anything is written
 ``~/.docker/config.json``): other keys and entries are kept, the file is replaced atomically and
 is mode ``0600`` (its directory is created ``0700``). The password comes from stdin
 (``--password-stdin``) or ``-p`` (visible to other users in the process list: warned about); it
-never appears in output or errors. ``logout`` removes the registry's entries (any key spelling
-that names the same host).
+never appears in output or errors. The check honours the global ``--ca-file`` (a missing or
+invalid bundle is a one-line error before the password is read). ``logout`` removes the
+registry's entries (any key spelling that names the same host).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import json
 import os
 import secrets
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -100,13 +102,27 @@ def _same_host_keys(auths: dict[str, Any], host: str) -> list[str]:
     return [k for k in auths if normalize_host(k) == want]
 
 
-def _check(host: str, creds: Credentials, ctx: Ctx) -> None:
-    """GET /v2/ with the credentials; AuthError/CliError unless the registry accepts them."""
+def _tls_verify(ctx: Ctx) -> ssl.SSLContext | bool:
+    """What the login check verifies TLS with: a context over ``--ca-file`` when given (as
+    :func:`~blobfs.cli._common.make_client` does), else the system's (True); CliError when the
+    bundle cannot be read or parsed."""
+    if ctx.ca_file is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=os.fspath(ctx.ca_file))
+    except OSError as e:  # FileNotFoundError, ssl.SSLError (not PEM), ...
+        reason = e.strerror or " ".join(str(e).split()) or type(e).__name__
+        raise CliError(f"{ctx.ca_file}: --ca-file: {reason}") from None
+
+
+def _check(host: str, creds: Credentials, ctx: Ctx, verify: ssl.SSLContext | bool) -> None:
+    """GET /v2/ with the credentials, TLS checked with ``verify``; AuthError/CliError unless
+    the registry accepts them."""
     scheme = "http" if ctx.plain_http else scheme_for(host, ctx.insecure_hosts)
     store = CredentialStore({host: creds}, docker_config=False, auth_file=False)
     url = f"{scheme}://{host}/v2/"
     try:
-        with httpx.Client(auth=RegistryAuth(store), timeout=LOGIN_TIMEOUT) as http:
+        with httpx.Client(auth=RegistryAuth(store), timeout=LOGIN_TIMEOUT, verify=verify) as http:
             r = http.get(url)
     except httpx.HTTPError as e:
         raise CliError(f"{host}: cannot reach the registry at {url}: {e}") from None
@@ -123,18 +139,19 @@ def cmd_login(args: argparse.Namespace, ctx: Ctx) -> int:
         usage_error(args, "login needs -u/--username")
     if args.password_stdin and args.password is not None:
         usage_error(args, "-p/--password and --password-stdin exclude each other")
+    if not args.password_stdin and args.password is None:
+        usage_error(args, "give the password with --password-stdin (or -p/--password)")
+    verify = _tls_verify(ctx)
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
-    elif args.password is not None:
+    else:
         ctx.out.warn(
             "-p/--password is visible to other users of this machine; use --password-stdin"
         )
         password = args.password
-    else:
-        usage_error(args, "give the password with --password-stdin (or -p/--password)")
     if not password:
         raise CliError("empty password")
-    _check(host, Credentials(username, password), ctx)
+    _check(host, Credentials(username, password), ctx, verify)
     path = _config_path()
     doc = _load(path)
     auths: dict[str, Any] = doc.setdefault("auths", {})

@@ -2,10 +2,14 @@
 
 * ``push REF DIR``: archive DIR (``-c zstd|none``) into a temporary directory and push it as REF,
   then under each ``--tag``; ``--annotation k=v`` adds manifest annotations. A DIR that is an
-  archive already (``index.blob`` + ``data.blob``) is pushed as it is.
+  archive already (``index.blob`` + ``data.blob``) is pushed as it is. On a terminal a progress
+  bar follows the archiving, then each blob's upload.
 * ``pull REF [DEST]``: extract every file into DEST (default ``.``, created ``0750``) with the
   ``cp`` machinery: verified, confined to DEST (no symlink followed), atomic per file, archived
-  mode bits and mtimes applied, existing files skipped unless ``-f``.
+  mode bits and mtimes applied, existing files skipped unless ``-f``. Files are written by
+  :data:`PULL_WORKERS` threads; with a content cache the small files are prefetched first (few
+  range requests). The first failing file stops the pull (exit 1, one line) once the files
+  already running finish; no temporary file is left.
 * ``tag SRC DST``: give SRC's manifest (same bytes, same digest) the tag of DST; both in one
   repository.
 * ``inspect REF``: manifest digest, sizes, files, compression, created, annotations (index and
@@ -21,11 +25,14 @@ remembered from an older answer).
 from __future__ import annotations
 
 import argparse
+import threading
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from ..core import Compression, CreateProgress
+from ..core import Archive, Compression, CreateProgress, Entry
 from ._archive_cmds import cmd_inspect
 from ._common import Ctx, make_client, parse_reference, reference_arg, usage_error
 from ._cp import _Jail, _write_one
@@ -43,6 +50,108 @@ def _annotations(args: argparse.Namespace) -> dict[str, str]:
             usage_error(args, f"--annotation wants KEY=VALUE, got {text!r}")
         out[key] = value
     return out
+
+
+PULL_WORKERS: Final = 4
+"""Files extracted at once by ``pull``: enough to overlap the registry's round trips (range
+requests of files not prefetched, big files' readahead) and local writes, few enough not to
+flood the registry or the disk; each worker holds one file open and its directory chain."""
+
+PREFETCH_SMALL_FILE: Final = 1 << 20
+"""``pull`` prefetches the files under 1 MiB: those are the ones a request each would cost most."""
+
+PREFETCH_MAX_BYTES: Final = 256 << 20
+"""Prefetch only when the small files total at most 256 MiB: the content cache holds them until
+they are written, and a cache that size is what a user may reasonably expect to be filled."""
+
+
+class _LockedBar(ProgressBar):
+    """A :class:`ProgressBar` whose ``advance`` may be called from the extraction threads."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
+
+    def advance(self, n: int) -> None:
+        with self._lock:
+            super().advance(n)
+
+
+def _prefetch_small_files(ar: Archive, entries: list[Entry]) -> None:
+    """Load the small files into the content cache with few range requests, when there is a
+    content cache and the small files total at most :data:`PREFETCH_MAX_BYTES`.
+
+    A hint: a file that fails to prefetch is fetched (and its failure reported) when written.
+    """
+    if ar.cache is None:
+        return
+    small = sum(e.size for e in entries if e.size < PREFETCH_SMALL_FILE)
+    if 0 < small <= PREFETCH_MAX_BYTES:
+        ar.prefetch("")
+
+
+def _extract_parallel(
+    ar: Archive,
+    dest: Path,
+    entries: list[Entry],
+    *,
+    force: bool,
+    bar: ProgressBar,
+) -> Iterator[tuple[Entry, bool]]:
+    """Write ``entries`` below ``dest`` in :data:`PULL_WORKERS` threads, each file through the
+    ``cp`` machinery (jailed, atomic, verified; archived modes and mtimes applied).
+
+    Yields ``(entry, written)`` as files finish (``written`` False: it existed and ``force`` is
+    off), in completion order. At most twice :data:`PULL_WORKERS` files are in flight. The
+    first failure stops submitting files, waits for the ones running, and is raised; a failed
+    file leaves no temporary file behind (``_write_one`` removes it). Each thread has its own
+    :class:`_Jail` (a jail is single-threaded); all are closed before returning.
+    """
+    local = threading.local()
+    jails: list[_Jail] = []
+    jails_lock = threading.Lock()
+
+    def write(e: Entry) -> bool:
+        jail: _Jail | None = getattr(local, "jail", None)
+        if jail is None:
+            jail = _Jail(dest)
+            local.jail = jail
+            with jails_lock:
+                jails.append(jail)
+        parts = tuple(e.path.split("/"))
+        return _write_one(ar, jail, parts, e, force=force, preserve=True, bar=bar)
+
+    pending: dict[Future[bool], Entry] = {}
+    failure: BaseException | None = None
+    try:
+        with ThreadPoolExecutor(PULL_WORKERS, thread_name_prefix="blobfs-pull") as pool:
+            todo = iter(entries)
+            try:
+                while True:
+                    while failure is None and len(pending) < 2 * PULL_WORKERS:
+                        e = next(todo, None)
+                        if e is None:
+                            break
+                        pending[pool.submit(write, e)] = e
+                    if not pending:
+                        break
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        e = pending.pop(fut)
+                        exc = fut.exception()
+                        if exc is not None:
+                            if failure is None:
+                                failure = exc
+                        elif failure is None:
+                            yield e, fut.result()
+            finally:  # interrupted (^C, a consumer's error): drop what has not started
+                for fut in pending:
+                    fut.cancel()
+    finally:
+        for jail in jails:
+            jail.close()
+    if failure is not None:
+        raise failure
 
 
 def cmd_push(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -66,6 +175,10 @@ def cmd_push(args: argparse.Namespace, ctx: Ctx) -> int:
         def progress(p: CreateProgress) -> None:
             bar.update(p.bytes_done, label=p.path or p.stage, total=p.bytes_total)
 
+        def upload_progress(digest: str, done: int, total: int) -> None:
+            # One blob at a time (config, index, data): the bar follows the current one.
+            bar.update(done, label=f"uploading {digest[:19]}", total=total)
+
         manifest = client.push(
             ref,
             src,
@@ -73,6 +186,7 @@ def cmd_push(args: argparse.Namespace, ctx: Ctx) -> int:
             tags=tags,
             annotations=annotations or None,
             progress=progress,
+            upload_progress=upload_progress,
         )
     if out.json:
         out.emit_json(
@@ -100,18 +214,16 @@ def cmd_pull(args: argparse.Namespace, ctx: Ctx) -> int:
         entries = sorted(ar.walk(""), key=lambda e: e.path.split("/"))
         total = sum(e.size for e in entries)
         dest.mkdir(mode=0o750, parents=True, exist_ok=True)
-        with (
-            ProgressBar(total, "pulling", quiet=out.quiet) as bar,
-            _Jail(dest) as jail,
-        ):
-            for e in entries:
-                parts = tuple(e.path.split("/"))
-                if _write_one(ar, jail, parts, e, force=args.force, preserve=True, bar=bar):
+        _prefetch_small_files(ar, entries)
+        with _LockedBar(total, "pulling", quiet=out.quiet) as bar:
+            for e, written in _extract_parallel(ar, dest, entries, force=args.force, bar=bar):
+                if written:
                     copied += 1
                     copied_bytes += e.size
                 else:
-                    skipped.append(str(dest.joinpath(*parts)))
+                    skipped.append(str(dest.joinpath(*e.path.split("/"))))
                     bar.advance(e.size)
+    skipped.sort()
     if out.json:
         result: dict[str, Any] = {
             "ref": str(ref),

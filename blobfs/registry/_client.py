@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+UploadProgress = Callable[[str, int, int], object]
+"""``progress(blob_digest, bytes_done, total)`` of :meth:`Registry.push` uploads."""
+
 DEFAULT_TIMEOUT = 30.0
 """Seconds for connecting and for each socket read/write: a slow registry's first byte fits,
 a dead one becomes a retry and then an error instead of a hang."""
@@ -715,21 +718,26 @@ class Registry:
         digest: str,
         size: int,
         opener: Callable[[], contextlib.AbstractContextManager[Any]],
+        progress: UploadProgress | None = None,
     ) -> bool:
         """Upload one blob unless the registry has it; True when bytes were sent.
 
         ``opener`` gives a fresh binary file positioned at 0 (an upload that fails with a
         transient error is restarted from the beginning, up to ``retries`` times).
+        ``progress(digest, bytes_done, size)`` is called as the registry accepts bytes (see
+        :meth:`push`).
         """
         what = f"{ref}: blob {digest}"
         if self._has_blob(ref, digest, size):
             log.debug("%s: already in the registry, skipped", what)
+            if progress is not None:
+                progress(digest, size, size)
             return False
         attempts = self._retries + 1
         for attempt in range(attempts):
             try:
                 with opener() as f:
-                    self._upload_once(ref, what, digest, size, f)
+                    self._upload_once(ref, what, digest, size, f, progress)
                 return True
             except RegistryError as exc:
                 # Retry what a moment may cure: a retryable status or a network failure (the
@@ -743,7 +751,15 @@ class Registry:
                 self._sleep(attempt, None)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _upload_once(self, ref: ReferenceLike, what: str, digest: str, size: int, f: Any) -> None:
+    def _upload_once(
+        self,
+        ref: ReferenceLike,
+        what: str,
+        digest: str,
+        size: int,
+        f: Any,
+        progress: UploadProgress | None = None,
+    ) -> None:
         start = f"{self._base(ref)}/blobs/uploads/"
         r = self._send(what, "POST", start, ok=(202,), retry=False)
         location = self._location(what, start, r)
@@ -761,6 +777,8 @@ class Registry:
                 ok=(201,),
                 retry=False,
             )
+            if progress is not None:
+                progress(digest, size, size)
             return
         sent = 0
         hasher = hashlib.sha256()
@@ -778,6 +796,8 @@ class Registry:
             )
             location = self._location(what, location, r)
             sent += len(chunk)
+            if progress is not None:
+                progress(digest, sent, size)
         if f.read(1):
             raise RegistryError(f"{what}: the file is longer than {size} bytes")
         actual = "sha256:" + hasher.hexdigest()
@@ -824,6 +844,7 @@ class Registry:
         tags: Sequence[str] = (),
         annotations: Mapping[str, str] | None = None,
         created: str | None = None,
+        progress: UploadProgress | None = None,
     ) -> Manifest:
         """Push a directory tree, or a local archive directory, as ``ref`` (which needs a tag).
 
@@ -833,6 +854,11 @@ class Registry:
         skipped when the registry already has it (HEAD), the data blob streamed from its file in
         PATCH chunks; then the manifest under ``ref``'s tag, then under each of ``tags`` (the
         same raw bytes). Returns the manifest pushed (``.raw`` exactly as stored).
+
+        ``progress(digest, bytes_done, total)``, when given, is called in the calling thread for
+        each blob: after every PATCH chunk the registry accepted (increasing ``bytes_done``),
+        and with ``bytes_done == total`` when the blob is complete (or already present). A
+        restarted upload (transient error) reports from its first chunk again.
         """
         r = _parse_ref(ref)
         if not r.tag or r.digest:
@@ -840,13 +866,21 @@ class Registry:
         src_path = Path(src)
         index_path, data_path = src_path / "index.blob", src_path / "data.blob"
         if index_path.is_file() and data_path.is_file():
-            return self._push_archive(r, index_path, data_path, tags, annotations, created)
+            return self._push_archive(
+                r, index_path, data_path, tags, annotations, created, progress
+            )
         if not src_path.is_dir():
             raise ValueError(f"{src}: not a directory")
         with tempfile.TemporaryDirectory(prefix="blobfs-push-") as tmp:
             create_blob(src_path, tmp, compression=compression).close()
             return self._push_archive(
-                r, Path(tmp) / "index.blob", Path(tmp) / "data.blob", tags, annotations, created
+                r,
+                Path(tmp) / "index.blob",
+                Path(tmp) / "data.blob",
+                tags,
+                annotations,
+                created,
+                progress,
             )
 
     def _push_archive(
@@ -857,6 +891,7 @@ class Registry:
         tags: Sequence[str],
         annotations: Mapping[str, str] | None,
         created: str | None,
+        progress: UploadProgress | None = None,
     ) -> Manifest:
         index_raw = index_path.read_bytes()
         index = Index(index_raw)
@@ -873,9 +908,17 @@ class Registry:
         data_desc = Descriptor(DATA_MEDIA_TYPE, data_digest, data_size)
         raw = build_manifest(index_desc, data_desc, annotations, created=created)
         manifest = Manifest.parse(raw)
-        self._upload(ref, EMPTY_CONFIG_DIGEST, len(EMPTY_CONFIG), lambda: _bytes_file(EMPTY_CONFIG))
-        self._upload(ref, index_desc.digest, index_desc.size, lambda: _bytes_file(index_raw))
-        self._upload(ref, data_digest, data_size, lambda: _open_file(data_path))
+        self._upload(
+            ref,
+            EMPTY_CONFIG_DIGEST,
+            len(EMPTY_CONFIG),
+            lambda: _bytes_file(EMPTY_CONFIG),
+            progress,
+        )
+        self._upload(
+            ref, index_desc.digest, index_desc.size, lambda: _bytes_file(index_raw), progress
+        )
+        self._upload(ref, data_digest, data_size, lambda: _open_file(data_path), progress)
         assert ref.tag is not None
         for tag in (ref.tag, *tags):
             self._put_manifest(ref, tag, raw, OCI_MANIFEST)
