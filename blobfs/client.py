@@ -19,9 +19,8 @@ import os
 import tempfile
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
 
-from .core import DEFAULT_MAX_FILE_SIZE, Archive, Compression, CreateProgress, Index, create_blob
+from .core import DEFAULT_MAX_FILE_SIZE, Compression, CreateProgress, Index, create_blob
 from .core.cache.disk import BlockCache, DiskCache
 from .registry import (
     DEFAULT_REF_TTL,
@@ -36,53 +35,7 @@ from .registry import (
     RemoteArchive,
 )
 
-__all__ = ["Client", "PulledArchive"]
-
-
-class _Closeable(Protocol):
-    def close(self) -> None: ...
-
-
-class PulledArchive(Archive):
-    """An archive pulled by :meth:`Client.pull`: reads the data blob lazily from the registry.
-
-    ``manifest`` is the verified manifest and ``reference`` the reference pulled. :meth:`close`
-    closes the connection pool of the pull and whatever was handed to :meth:`own`; the client's
-    caches stay open (they belong to the client). Reads after ``close`` fail.
-    """
-
-    __slots__ = ("_owned", "_remote", "manifest", "reference")
-
-    def __init__(
-        self,
-        remote: RemoteArchive,
-        *,
-        cache: DiskCache | None,
-        block_cache: BlockCache | None,
-        max_file_size: int,
-    ) -> None:
-        super().__init__(
-            remote.index,
-            remote.source,
-            cache=cache,
-            block_cache=block_cache,
-            max_file_size=max_file_size,
-        )
-        self._remote = remote
-        self._owned: list[_Closeable] = []
-        self.manifest: Manifest = remote.manifest
-        self.reference: str = remote.reference
-
-    def own(self, resource: _Closeable) -> None:
-        """Close ``resource`` when this archive closes (after the archive, last owned first)."""
-        self._owned.append(resource)
-
-    def close(self) -> None:
-        super().close()
-        self._remote.close()
-        owned, self._owned = self._owned, []
-        for thing in reversed(owned):
-            thing.close()
+__all__ = ["Client"]
 
 
 class Client:
@@ -220,22 +173,17 @@ class Client:
         ref: str | Reference,
         *,
         max_file_size: int = DEFAULT_MAX_FILE_SIZE,
-    ) -> PulledArchive:
+    ) -> RemoteArchive:
         """Open ``ref`` (a bare ``host/repo`` means ``:latest``) as an archive read lazily.
 
         The manifest and index are fetched and verified now; file contents are fetched with
         range requests when read, verified, through the client's caches. Close the archive
-        (or use ``with``) when done; it needs the client open.
+        (or use ``with``) when done; it needs the client open (the caches are the client's).
         """
         r = ref if isinstance(ref, Reference) else Reference.parse(ref, default_tag="latest")
-        remote = self.registry.pull(r, max_file_size=max_file_size)
-        try:
-            return PulledArchive(
-                remote,
-                cache=self._cache,
-                block_cache=self._block_cache,
-                max_file_size=max_file_size,
-            )
-        except BaseException:
-            remote.close()
-            raise
+        return self.registry.pull(
+            r,
+            max_file_size=max_file_size,
+            cache=self._cache,
+            block_cache=self._block_cache,
+        )

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 import blobfs
-from blobfs.client import Client, PulledArchive
+from blobfs.client import Client
 from blobfs.core import Compression
-from blobfs.registry import Credentials
+from blobfs.registry import Credentials, RemoteArchive
 from tests._registry import local_registry
 
 FILES = {
@@ -41,7 +41,7 @@ def test_push_pull_round_trip_with_caches(tmp_path: Path, src: Path) -> None:
             )
             assert manifest.annotations["k"] == "v"
             with c.pull(ref) as ar:
-                assert isinstance(ar, PulledArchive)
+                assert isinstance(ar, RemoteArchive)
                 assert ar.manifest.digest == manifest.digest
                 for name, data in FILES.items():
                     assert ar.read_file(name) == data

@@ -283,7 +283,7 @@ def test_pull_through_proxy_mirror_survives_origin_outage(
             ref = f"{origin.host}/team/app:v1"
             with reg.pull(ref) as archive:
                 assert archive.manifest.digest == digest
-                assert archive._http_source.url.startswith(mirror.base_url)
+                assert archive.data_url.startswith(mirror.base_url)
                 _read_all(archive)
             assert reg.list_tags(ref) == ["v1"]
             # Every registry request of the client went to the mirror, none to the origin.
@@ -312,7 +312,7 @@ def test_dead_mirror_falls_through_to_origin(
         ref = f"{origin.host}/team/app:v1"
         assert reg.fetch(ref).digest == digest
         with reg.pull(ref) as archive:
-            assert archive._http_source.url.startswith(origin.base_url)
+            assert archive.data_url.startswith(origin.base_url)
             _read_all(archive)
         assert reg.list_tags(ref) == ["v1"]
         # Pushes ignore mirrors: they go to the origin.
@@ -365,6 +365,6 @@ def test_cached_pull_reads_data_from_first_mirror_with_the_blob(
                 data = manifest.data_descriptor.digest
                 assert counting.requests == [f"HEAD /v2/team/app/blobs/{data}"] * 2
                 assert counting.hosts[-1] == mirror.host
-                assert archive._http_source.url == f"{mirror.base_url}/v2/team/app/blobs/{data}"
+                assert archive.data_url == f"{mirror.base_url}/v2/team/app/blobs/{data}"
                 _read_all(archive)
         counting.client.close()

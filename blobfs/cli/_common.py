@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 
 from ..client import Client
 from ..core import Archive, FileSource, Index, open_file
+from ..core._closing import SupportsClose
 from ..core.cache.disk import BlockCache, DiskCache
 from ..core.http import HttpSource
 from ..errors import InvalidReference
@@ -408,7 +409,7 @@ def open_archive(spec: ArchiveSpec, ctx: Ctx) -> Archive:
         return _pull(spec.reference, ctx)
     if not spec.remote:
         return open_file(spec.index, spec.data, max_file_size=ctx.max_file_size)
-    return _RemoteArchive.connect(spec, ctx)
+    return _connect(spec, ctx)
 
 
 def _pull(ref: str, ctx: Ctx) -> Archive:
@@ -423,46 +424,36 @@ def _pull(ref: str, ctx: Ctx) -> Archive:
     return archive
 
 
-class _RemoteArchive(Archive):
-    """An archive with at least one blob behind a URL; owns its sources and caches."""
-
-    __slots__ = ("_owned",)
-    _owned: list[FileSource | HttpSource | DiskCache | BlockCache]
-
-    @classmethod
-    def connect(cls, spec: ArchiveSpec, ctx: Ctx) -> _RemoteArchive:
-        headers = dict(spec.headers)
-        owned: list[FileSource | HttpSource | DiskCache | BlockCache] = []
-        try:
-            index_src = _source(spec.index, headers)
-            owned.append(index_src)
-            if index_src.size > MAX_INDEX_BYTES:
-                raise CliError(f"{spec.index}: {index_src.size} bytes is too large for an index")
-            index = Index(index_src.read_at(0, index_src.size))
-            data_src = _source(spec.data, headers, index.data_hash, index.data_size)
-            owned.append(data_src)
-            cache = block_cache = None
-            if ctx.use_cache:
-                cache, block_cache = open_caches(ctx)
-                owned += (cache, block_cache)
-            archive = cls(
-                index,
-                data_src,
-                cache=cache,
-                block_cache=block_cache,
-                max_file_size=ctx.max_file_size,
-            )
-        except BaseException:
-            for thing in reversed(owned):
-                thing.close()
-            raise
-        archive._owned = owned
-        return archive
-
-    def close(self) -> None:
-        super().close()
-        for thing in reversed(self._owned):
+def _connect(spec: ArchiveSpec, ctx: Ctx) -> Archive:
+    """An archive with at least one blob behind a URL; it owns its sources and caches."""
+    headers = dict(spec.headers)
+    owned: list[SupportsClose] = []
+    try:
+        index_src = _source(spec.index, headers)
+        owned.append(index_src)
+        if index_src.size > MAX_INDEX_BYTES:
+            raise CliError(f"{spec.index}: {index_src.size} bytes is too large for an index")
+        index = Index(index_src.read_at(0, index_src.size))
+        data_src = _source(spec.data, headers, index.data_hash, index.data_size)
+        owned.append(data_src)
+        cache = block_cache = None
+        if ctx.use_cache:
+            cache, block_cache = open_caches(ctx)
+            owned += (cache, block_cache)
+        archive = Archive(
+            index,
+            data_src,
+            cache=cache,
+            block_cache=block_cache,
+            max_file_size=ctx.max_file_size,
+        )
+    except BaseException:
+        for thing in reversed(owned):
             thing.close()
+        raise
+    for thing in owned:
+        archive.own(thing)
+    return archive
 
 
 def _source(

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final
 from ..errors import FileTooLarge, SourceError
 from ._aio import checkpoint, run_sync_in_thread
 from ._batch import aprefetch, plan_batches, prefetch
-from ._closing import Closing
+from ._closing import Closing, SupportsClose
 from ._content import ContentCache
 from ._file import ArchiveFile, AsyncArchiveFile
 from ._index import Index
@@ -79,7 +79,7 @@ class Archive(Closing):
     :meth:`close` must not race reads.
     """
 
-    __slots__ = ("_cache", "_index", "_max_file_size", "_pool", "_source")
+    __slots__ = ("_cache", "_index", "_max_file_size", "_owned", "_pool", "_source")
 
     def __init__(
         self,
@@ -98,6 +98,7 @@ class Archive(Closing):
         self._cache = ContentCache.of(cache)
         self._pool = ReadaheadPool() if readahead else None
         self._max_file_size = max_file_size
+        self._owned: list[SupportsClose] = []
         if self._index.data_hash and source.size != self._index.data_size:
             # Not fatal: files whose payload is present still read (and verify); verify()
             # reports it.
@@ -124,11 +125,20 @@ class Archive(Closing):
         """The content cache, or None."""
         return None if self._cache is None else self._cache.cache
 
+    def own(self, resource: SupportsClose) -> None:
+        """Close ``resource`` (a source, a cache, a client) when the archive closes, the last
+        owned first. Whoever builds an archive over resources it opened hands them over here."""
+        self._owned.append(resource)
+
     def close(self) -> None:
-        """Stop the readahead threads (queued groups are dropped); idempotent. Does not close
-        the source. Reads afterwards still work, without readahead."""
+        """Stop the readahead threads (queued groups are dropped) and close what the archive
+        owns (:meth:`own`); idempotent. The source is closed only if it was handed over. Reads
+        afterwards still work, without readahead, when the source is still open."""
         if self._pool is not None:
             self._pool.close()
+        owned, self._owned = self._owned, []
+        for resource in reversed(owned):
+            resource.close()
 
     @property
     def max_file_size(self) -> int:
@@ -300,16 +310,11 @@ class BlobFile(Archive):
             max_file_size=max_file_size,
         )
         self._file_source = source
+        self.own(source)
 
     @property
     def data_path(self) -> str:
         return self._file_source.path
-
-    def close(self) -> None:
-        """Stop the readahead threads and close the data file; idempotent. Reads afterwards
-        raise SourceError."""
-        super().close()
-        self._file_source.close()
 
 
 def open_file(

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
-__all__ = ["AsyncClosing", "Closing"]
+__all__ = ["AsyncClosing", "Closing", "SupportsClose"]
+
+
+class SupportsClose(Protocol):
+    """Anything with ``close()``: sources, caches, HTTP clients, registry clients."""
+
+    def close(self) -> None: ...
 
 
 class Closing:

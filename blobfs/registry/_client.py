@@ -157,10 +157,10 @@ class RemoteArchive(Archive):
 
     Owns its HTTP source and that source's ``httpx.Client``: :meth:`close` (or ``with``) closes
     both; reads afterwards raise :class:`~blobfs.errors.SourceError`. ``manifest`` and
-    ``reference`` say what was pulled.
+    ``reference`` say what was pulled, ``data_url`` where the data blob is read from.
     """
 
-    __slots__ = ("_http_client", "_http_source", "manifest", "reference")
+    __slots__ = ("data_url", "manifest", "reference")
 
     def __init__(
         self,
@@ -177,15 +177,11 @@ class RemoteArchive(Archive):
         super().__init__(
             index, source, cache=cache, block_cache=block_cache, max_file_size=max_file_size
         )
-        self._http_source = source
-        self._http_client = http_client
+        self.own(http_client)
+        self.own(source)  # closed first
         self.manifest = manifest
         self.reference = reference
-
-    def close(self) -> None:
-        super().close()
-        self._http_source.close()
-        self._http_client.close()
+        self.data_url = source.url  # the registry, or the mirror that served the blob
 
 
 class Registry:
