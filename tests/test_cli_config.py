@@ -2,37 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from blobfs.cli import main
 from blobfs.cli._common import load_config, parse_duration
 from blobfs.registry import DEFAULT_REF_TTL
+from tests._cli import Capture, run, run_json
 from tests._registry import LocalRegistry, local_registry
-
-Capture = pytest.CaptureFixture[bytes]
 
 FILES = {
     "docs/readme.md": b"# hello\n" * 300,
     "data/big.bin": bytes(range(256)) * 8192,
     "top.txt": b"top\n",
 }
-
-
-def run(capsys: Capture, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out.decode(), err.decode()
-
-
-def run_json(capsys: Capture, *argv: str) -> Any:
-    rc, out, err = run(capsys, *argv, "--output", "json")
-    assert rc == 0, err
-    return json.loads(out)
 
 
 @pytest.fixture(autouse=True)

@@ -9,14 +9,12 @@ import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from blobfs.cli import main
+from tests._cli import Capture, run, run_json
 from tests._registry import LocalRegistry, local_registry
-
-Capture = pytest.CaptureFixture[bytes]
 
 FILES = {
     "docs/readme.md": b"# hello\n" * 300,
@@ -25,18 +23,6 @@ FILES = {
     "run.sh": b"#!/bin/sh\necho hi\n",
 }
 MTIME_NS = 1_700_000_000_000_000_000
-
-
-def run(capsys: Capture, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out.decode(), err.decode()
-
-
-def run_json(capsys: Capture, *argv: str) -> Any:
-    rc, out, err = run(capsys, *argv, "--output", "json")
-    assert rc == 0, err
-    return json.loads(out)
 
 
 @pytest.fixture(autouse=True)

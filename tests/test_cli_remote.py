@@ -5,30 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from blobfs.cli import main
 from blobfs.core import Compression, create_blob
+from tests._cli import Capture, run, run_json
 from tests._servers import Fault, RangeServer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reference-v1"
-
-
-Capture = pytest.CaptureFixture[bytes]
-
-
-def run(capsys: Capture, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out.decode(), err.decode()
-
-
-def run_json(capsys: Capture, *argv: str) -> Any:
-    rc, out, err = run(capsys, *argv, "--output", "json")
-    assert rc == 0, err
-    return json.loads(out)
 
 
 @pytest.fixture
