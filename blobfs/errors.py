@@ -27,6 +27,9 @@ Each error carries what a user needs to act on it: the path, the expected and ac
         ├── DigestMismatch      content fetched from a registry differs from its digest
         ├── InvalidReference    not ``host[:port]/repo[:tag][@digest]`` (also a ValueError)
         └── AuthError           credentials missing, unreadable or refused; token exchange failed
+    PolicyViolation             a trust policy refused a manifest (signature, provenance, Rego)
+    PolicyError                 a policy file, key, bundle or envelope is malformed or unreadable
+    MountError                  a mount could not be made or served (mountpoint, options, FUSE)
 """
 
 from __future__ import annotations
@@ -47,8 +50,11 @@ __all__ = [
     "InvalidPath",
     "InvalidReference",
     "IsADirectory",
+    "MountError",
     "NotADirectory",
     "NotFound",
+    "PolicyError",
+    "PolicyViolation",
     "RegistryError",
     "RegistryNotFound",
     "SourceError",
@@ -215,3 +221,30 @@ class AuthError(RegistryError):
             text += f" (HTTP {status})"
         super().__init__(text, status=status)
         self.registry = registry
+
+
+class PolicyViolation(BlobfsError):
+    """A trust policy refused a manifest; nothing of the archive was used.
+
+    ``policy`` names the policy (``"keypair"``, ``"slsa"``, ``"opa"``, ``"require_all"``, ...),
+    ``reason`` says why, ``reference`` is the reference being pulled (``""`` if none).
+    The CLI exits with status 5 on this error, as blob-cli does.
+    """
+
+    def __init__(self, policy: str, reason: str, *, reference: str = "") -> None:
+        where = f"{reference}: " if reference else ""
+        super().__init__(f"{where}policy {policy} refused: {reason}")
+        self.policy = policy
+        self.reason = reason
+        self.reference = reference
+
+
+class PolicyError(BlobfsError):
+    """A policy input is unusable: a malformed policy file, key, bundle or envelope.
+
+    The message names the file (or what was parsed) and the problem; it is never a pass.
+    """
+
+
+class MountError(BlobfsError):
+    """A mount could not be made or served: bad mountpoint, bad options, a stale or busy mount."""
