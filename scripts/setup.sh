@@ -13,9 +13,10 @@ say() { printf 'setup: %s\n' "$*"; }
 
 # --- system packages ------------------------------------------------------------------------
 # fuse3: fusermount3 and mount.fuse3 for the mount; libfuse3-dev + pkg-config + gcc: building
-# pyfuse3 from source; docker-registry: the real OCI registry the tests start; python3-venv:
+# pyfuse3 from source; docker-registry: the real OCI registry the tests start; skopeo: an
+# independent registry client the interop tests and benchmarks compare against; python3-venv:
 # `python -m venv` when python3 is Debian's own.
-apt_pkgs=(fuse3 libfuse3-dev pkg-config gcc docker-registry python3-venv)
+apt_pkgs=(fuse3 libfuse3-dev pkg-config gcc docker-registry skopeo python3-venv)
 
 python=${PYTHON:-python3}
 has_headers() {
