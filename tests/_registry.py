@@ -13,7 +13,11 @@ stopped (and waited for) when the context exits. ``htpasswd={"user": "pass"}`` t
 (bcrypt htpasswd file); ``token=TokenServer(...)`` (tests/_token_server.py) turns on Bearer token
 auth. ``proxy_of="http://127.0.0.1:PORT"`` runs it as a pull-through cache of that origin
 (distribution's proxy mode: read-only; a Range request for a blob not cached yet is answered
-200 with the whole body). ``reg.stop()`` stops the registry early (to simulate an outage);
+200 with the whole body). ``tls=(cert_path, key_path)`` serves HTTPS with that PEM certificate
+(chain) and key: ``base_url`` is then ``https://...`` and the fixture's own requests (start-up
+probe, ``push_blob``) do not verify the certificate, the clients under test must.
+``bind="127.0.1.1"`` listens on another loopback address (default ``127.0.0.1``), for a host
+name that resolves there. ``reg.stop()`` stops the registry early (to simulate an outage);
 ``push_blob`` is for registries without auth. ``docker-registry`` comes from the project's
 set-up (``scripts/setup.sh``); without it the fixture skips.
 """
@@ -42,22 +46,28 @@ _START_TIMEOUT = 20.0
 """Seconds for the registry to answer /v2/; it starts in well under a second here."""
 
 
-def _free_port() -> int:
+def _free_port(bind: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((bind, 0))
         return int(s.getsockname()[1])
 
 
 class LocalRegistry:
-    def __init__(self, base_url: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    def __init__(
+        self, base_url: str, proc: subprocess.Popen[bytes] | None = None, *, verify: bool = True
+    ) -> None:
         self.base_url = base_url
-        self._http = httpx.Client(timeout=30)
+        self._http = httpx.Client(timeout=30, verify=verify)
         self._proc = proc
 
     @property
     def host(self) -> str:
         """``host:port`` of the registry, as references name it."""
         return self.base_url.split("://", 1)[1]
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
 
     def stop(self) -> None:
         """Stop the registry process now (and wait for it); idempotent."""
@@ -125,11 +135,13 @@ def local_registry(
     htpasswd: Mapping[str, str] | None = None,
     token: TokenServer | None = None,
     proxy_of: str | None = None,
+    tls: tuple[Path, Path] | None = None,
+    bind: str = "127.0.0.1",
 ) -> Iterator[LocalRegistry]:
     exe = shutil.which("docker-registry")
     if exe is None:
         pytest.skip("docker-registry is not installed (run make setup)")
-    port = _free_port()
+    port = _free_port(bind)
     storage = workdir / "registry-storage"
     storage.mkdir(parents=True, exist_ok=True)
     config = workdir / "registry.yml"
@@ -139,20 +151,22 @@ def local_registry(
         "storage:\n"
         f"  filesystem:\n    rootdirectory: {storage}\n"
         "  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"http:\n  addr: {bind}:{port}\n"
+        + (f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls is not None else "")
         + _auth_config(workdir, htpasswd, token)
         + (f"proxy:\n  remoteurl: {proxy_of}\n" if proxy_of is not None else "")
     )
     log = open(workdir / "registry.log", "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    reg = LocalRegistry(base, proc)
+    base = f"{'https' if tls is not None else 'http'}://{bind}:{port}"
+    reg = LocalRegistry(base, proc, verify=tls is None)
     try:
         deadline = time.monotonic() + _START_TIMEOUT
         while True:
             try:
                 # 401 is the healthy answer of a registry with auth.
-                if httpx.get(f"{base}/v2/", timeout=1).status_code in (200, 401):
+                probe = httpx.get(f"{base}/v2/", timeout=1, verify=tls is None)
+                if probe.status_code in (200, 401):
                     break
             except httpx.TransportError:
                 pass

@@ -16,8 +16,9 @@ both what was not found locally and why it is no reference. The archive is pulle
 
 The configuration file (:func:`load_config`, ``--config FILE``, ``$BLOBFS_CONFIG``,
 ``$XDG_CONFIG_HOME/blobfs/config.toml``) gives the cache root, the tag TTL of the registry caches,
-insecure registries and registry mirrors; command-line options and ``$BLOBFS_CACHE_DIR`` win
-over it. The CLI is the only part of blobfs that reads configuration files or the environment.
+insecure registries, registry mirrors and the CA bundle for registry TLS (``[tls] ca_file``);
+command-line options and ``$BLOBFS_CACHE_DIR`` win over it. The CLI is the only part of blobfs
+that reads configuration files or the environment.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import math
 import os
 import re
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +87,9 @@ class Config:
     """``[[registry]]`` entries with ``insecure = true``: reached over plain HTTP."""
     mirrors: dict[str, list[tuple[str, bool]]] = field(default_factory=dict)
     """``[[registry.mirror]]`` entries, as :func:`blobfs.registry.parse_mirrors` gives them."""
+    ca_file: Path | None = None
+    """``[tls] ca_file``: PEM bundle of CA certificates registry TLS is verified against
+    (checked readable and parsable when the file is loaded; ``--ca-file`` wins)."""
 
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", re.IGNORECASE)
@@ -123,8 +128,9 @@ def config_path(explicit: str | None) -> tuple[Path, bool]:
     return base / "blobfs" / "config.toml", False
 
 
-_TOP_KEYS = frozenset({"cache", "registry"})
+_TOP_KEYS = frozenset({"cache", "registry", "tls"})
 _CACHE_KEYS = frozenset({"dir", "ref_ttl"})
+_TLS_KEYS = frozenset({"ca_file"})
 
 
 def load_config(explicit: str | None = None) -> Config:
@@ -155,21 +161,9 @@ def _parse_config(path: Path, text: str) -> Config:
         raise ValueError(f"invalid TOML: {e}") from None
     unknown = sorted(set(doc) - _TOP_KEYS)
     if unknown:
-        raise ValueError(f"unknown setting {unknown[0]!r} (known: [cache], [[registry]])")
-    cache: Any = doc.get("cache", {})
-    if not isinstance(cache, dict):
-        raise ValueError("'cache' must be a table ([cache])")
-    unknown = sorted(set(cache) - _CACHE_KEYS)
-    if unknown:
-        raise ValueError(f"[cache]: unknown key {unknown[0]!r} (known: dir, ref_ttl)")
-    cache_dir: Path | None = None
-    if "dir" in cache:
-        d = cache["dir"]
-        if not isinstance(d, str) or not d.strip():
-            raise ValueError("[cache] dir: must be a non-empty string")
-        cache_dir = Path(d).expanduser()
-        if not cache_dir.is_absolute():
-            cache_dir = path.parent / cache_dir
+        raise ValueError(f"unknown setting {unknown[0]!r} (known: [cache], [tls], [[registry]])")
+    cache = _table(doc, "cache", _CACHE_KEYS)
+    cache_dir = _config_path(path, cache, "cache", "dir")
     ref_ttl = DEFAULT_REF_TTL
     if "ref_ttl" in cache:
         try:
@@ -184,7 +178,46 @@ def _parse_config(path: Path, text: str) -> Config:
             raise ValueError(f"registry #{i + 1}: 'insecure' must be true or false")
         if flag:
             insecure.append(str(entry["location"]).strip().rstrip("/"))
-    return Config(path, cache_dir, ref_ttl, tuple(insecure), mirrors)
+    return Config(path, cache_dir, ref_ttl, tuple(insecure), mirrors, _tls_ca_file(path, doc))
+
+
+def _table(doc: dict[str, Any], name: str, known: frozenset[str]) -> dict[str, Any]:
+    """The top-level table ``[name]`` (empty when absent); ValueError on another type or an
+    unknown key."""
+    table: Any = doc.get(name, {})
+    if not isinstance(table, dict):
+        raise ValueError(f"'{name}' must be a table ([{name}])")
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ValueError(
+            f"[{name}]: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})"
+        )
+    return table
+
+
+def _config_path(path: Path, table: dict[str, Any], name: str, key: str) -> Path | None:
+    """``[name] key``, a file or directory name (``~`` expanded, relative to the configuration
+    file's directory), or None when absent."""
+    if key not in table:
+        return None
+    value = table[key]
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"[{name}] {key}: must be a non-empty string")
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else path.parent / p
+
+
+def _tls_ca_file(path: Path, doc: dict[str, Any]) -> Path | None:
+    """``[tls] ca_file``, loaded once here so that a missing or non-PEM bundle is a
+    configuration error naming the key, not a failure of the first HTTPS request."""
+    ca_file = _config_path(path, _table(doc, "tls", _TLS_KEYS), "tls", "ca_file")
+    if ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=os.fspath(ca_file))
+        except OSError as e:  # FileNotFoundError, ssl.SSLError (not PEM), ...
+            reason = e.strerror or " ".join(str(e).split()) or type(e).__name__
+            raise ValueError(f"[tls] ca_file: {ca_file}: {reason}") from None
+    return ca_file
 
 
 @dataclass(slots=True)
@@ -206,9 +239,14 @@ class Ctx:
     offline: bool = False
     """``--offline``: registry metadata (tags, manifests, indexes) only from the caches."""
     ca_file: str | None = None
-    """``--ca-file PEM``: CA bundle to verify registry TLS certificates against."""
+    """``--ca-file PEM``, else the configuration's ``[tls] ca_file``: CA bundle to verify
+    registry TLS certificates against (None: the system's)."""
     config: Config = field(default_factory=Config)
     """The configuration file's settings."""
+
+    def __post_init__(self) -> None:
+        if self.ca_file is None and self.config.ca_file is not None:
+            self.ca_file = os.fspath(self.config.ca_file)
 
 
 @dataclass(frozen=True, slots=True)
