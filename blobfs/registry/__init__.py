@@ -10,7 +10,10 @@ Public API::
     with reg.pull(ref) as archive: ...    # index verified; data read lazily by ranges
     reg.fetch(ref), reg.tag(ref, digest), reg.inspect(ref), reg.list_tags(ref),
     reg.referrers(ref, artifact_type)
+    reg.attach(ref, artifact_type=..., payload=b"...", payload_media_type=...)  # -> digest
+    reg.fetch_manifest_bytes(ref, digest), reg.fetch_blob(ref, digest, max_size=...)
     Registry(caches=RegistryCaches(root), offline=True, mirrors=parse_mirrors(toml_text))
+    Registry(policy=my_policy)   # my_policy.evaluate(PolicyRequest) in fetch/pull/inspect
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from ._manifest import Manifest as Manifest
 from ._manifest import build_manifest as build_manifest
 from ._mirrors import MirrorSpec as MirrorSpec
 from ._mirrors import parse_mirrors as parse_mirrors
+from ._policy_hook import ManifestPolicy as ManifestPolicy
+from ._policy_hook import PolicyRequest as PolicyRequest
 from ._reference import Reference as Reference
 from ._reference import is_loopback as is_loopback
 from ._reference import scheme_for as scheme_for
@@ -54,7 +59,9 @@ __all__ = [
     "Descriptor",
     "Inspection",
     "Manifest",
+    "ManifestPolicy",
     "MirrorSpec",
+    "PolicyRequest",
     "Reference",
     "Registry",
     "RegistryAuth",

@@ -31,8 +31,10 @@ __all__ = [
     "OCI_MANIFEST",
     "Descriptor",
     "Manifest",
+    "build_artifact_manifest",
     "build_manifest",
     "digest_of",
+    "go_json",
 ]
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -70,7 +72,7 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _go_json(obj: object) -> bytes:
+def go_json(obj: object) -> bytes:
     """Compact JSON as Go's ``encoding/json`` writes it (``<``, ``>``, ``&``, U+2028/9 escaped).
 
     Dict order is kept as given (callers order struct fields as Go does and sort map keys).
@@ -283,4 +285,28 @@ def build_manifest(
     if subject is not None:
         doc["subject"] = subject.to_json()
     doc["annotations"] = dict(sorted(notes.items()))
-    return _go_json(doc)
+    return go_json(doc)
+
+
+def build_artifact_manifest(
+    artifact_type: str,
+    layer: Descriptor,
+    subject: Descriptor,
+    annotations: Mapping[str, str] | None = None,
+) -> bytes:
+    """The raw bytes of an OCI 1.1 artifact manifest referring to ``subject`` (a signature, an
+    attestation): the empty config, one ``layer`` (the payload), ``artifactType``, ``subject``
+    and the ``annotations`` (keys sorted; none when empty), compact JSON in Go's field order."""
+    if not artifact_type:
+        raise ValueError("an artifact manifest needs an artifact type")
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": Descriptor(EMPTY_MEDIA_TYPE, EMPTY_CONFIG_DIGEST, len(EMPTY_CONFIG)).to_json(),
+        "layers": [layer.to_json()],
+        "subject": subject.to_json(),
+    }
+    if annotations:
+        doc["annotations"] = dict(sorted(annotations.items()))
+    return go_json(doc)
