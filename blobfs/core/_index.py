@@ -271,14 +271,31 @@ class Index:
         search, and the files are decoded together.
         """
         norm = normalize_path(path)
-        raw = norm.encode("utf-8")
-        prefix = raw + b"/" if norm else b""
+        files, names, dirs, _ = self._scan(path, norm.encode("utf-8"))
+        entries = self._decode_many(np.asarray(files, dtype=np.int64))
+        if not dirs:
+            # Files alone come in name order already (same prefix, no "/" in a name).
+            return list(map(_DIRENTRY_NEW, zip(map(bytes.decode, names), repeat(False), entries)))
+        # With subdirectories, full-path order differs from name order where a name holds a
+        # byte below "/" ("a-b" < "a.txt" < "a/..."): sort on the name bytes.
+        keyed = [*zip(names, repeat(False), entries), *zip(dirs, repeat(True), repeat(None))]
+        keyed.sort(key=_FIRST)
+        return [_DIRENTRY_NEW((n.decode("utf-8"), d, e)) for n, d, e in keyed]
+
+    def _scan(
+        self, path: str, raw: bytes
+    ) -> tuple[list[int], list[bytes], list[bytes], list[int]]:
+        """The children of directory ``raw`` (normalised): file positions and names, in order,
+        then subdirectory names and the position of each one's first file, in order.
+        ``path`` names the directory in errors."""
+        prefix = raw + b"/" if raw else b""
         i = self._lower(prefix) if prefix else 0
         end = self._lower(raw + b"0", i) if prefix else self._count
         plen = len(prefix)
         files: list[int] = []
         names: list[bytes] = []
         dirs: list[bytes] = []
+        firsts: list[int] = []
         buf = self._buf
         window = 8
         while i < end:
@@ -302,22 +319,61 @@ class Index:
             names.extend(rests[:k])
             name = rests[k][: rests[k].find(b"/")]
             dirs.append(name)
+            firsts.append(i + k)
             # Skip the whole subtree: every path below it sorts before prefix+name+"0".
             i = self._lower(prefix + name + b"0", i + k + 1)
             window = 8
-        if not files and not dirs and norm:
+        if not files and not dirs and raw:
             if self._find(raw) is not None:
                 raise NotADirectory(path, "is a file")
             raise NotFound(path, "no such directory in the archive")
-        entries = self._decode_many(np.asarray(files, dtype=np.int64))
+        return files, names, dirs, firsts
+
+    # ------------------------------------------------------------------ positions
+    # A file's position in bytewise path order, and a directory's first file's position, are
+    # the same on every open of the same index bytes: the mount derives its inode numbers from
+    # them (blobfs.fuse._inodes). Paths here are normalised UTF-8 bytes (b"" is the root).
+
+    def position(self, raw: bytes) -> int | None:
+        """Position of the file ``raw`` in bytewise path order, or None."""
+        return self._find(raw) if raw else None
+
+    def first_below(self, raw: bytes) -> int | None:
+        """Position of the first file below directory ``raw`` (the root: 0), or None when
+        ``raw`` is not a directory."""
+        if not raw:
+            return 0 if self._count else None
+        prefix = raw + b"/"
+        i = self._lower(prefix)
+        return i if i < self._count and self._key(i).startswith(prefix) else None
+
+    def path_at(self, i: int) -> bytes:
+        """The path of the file at position ``i`` (``IndexError`` outside ``0 .. len-1``)."""
+        if not 0 <= i < self._count:
+            raise IndexError(f"position {i} outside 0..{self._count - 1}")
+        return self._key(i)
+
+    def entry_at(self, i: int) -> Entry:
+        """The file at position ``i`` (``IndexError`` outside ``0 .. len-1``)."""
+        if not 0 <= i < self._count:
+            raise IndexError(f"position {i} outside 0..{self._count - 1}")
+        return self._entry_at(i)
+
+    def entries_at(self, positions: list[int]) -> list[Entry]:
+        """The files at ``positions`` (each valid), decoded together."""
+        return self._decode_many(np.asarray(positions, dtype=np.int64))
+
+    def children(self, raw: bytes) -> tuple[list[bytes], list[int], list[bool]]:
+        """Immediate children of directory ``raw`` sorted by name bytes, without decoding an
+        entry: names, positions (a file's own, a subdirectory's first file's) and which are
+        directories. :class:`NotFound` / :class:`NotADirectory` as :meth:`listdir`."""
+        files, names, dirs, firsts = self._scan(raw.decode("utf-8", "replace"), raw)
         if not dirs:
-            # Files alone come in name order already (same prefix, no "/" in a name).
-            return list(map(_DIRENTRY_NEW, zip(map(bytes.decode, names), repeat(False), entries)))
-        # With subdirectories, full-path order differs from name order where a name holds a
-        # byte below "/" ("a-b" < "a.txt" < "a/..."): sort on the name bytes.
-        keyed = [*zip(names, repeat(False), entries), *zip(dirs, repeat(True), repeat(None))]
-        keyed.sort(key=_FIRST)
-        return [_DIRENTRY_NEW((n.decode("utf-8"), d, e)) for n, d, e in keyed]
+            return names, files, [False] * len(files)
+        keyed = sorted(
+            [*zip(names, files, repeat(False)), *zip(dirs, firsts, repeat(True))], key=_FIRST
+        )
+        return [k[0] for k in keyed], [k[1] for k in keyed], [k[2] for k in keyed]
 
     def walk(self, path: str = "") -> Iterator[Entry]:
         """Every file at or below ``path`` in bytewise path order."""
