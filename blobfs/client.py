@@ -27,6 +27,7 @@ from .registry import (
     Credentials,
     CredentialStore,
     Manifest,
+    ManifestPolicy,
     MirrorSpec,
     Reference,
     Registry,
@@ -55,12 +56,15 @@ class Client:
       :class:`~blobfs.registry.Registry` (by default plain HTTP only for loopback registries;
       ``offline`` serves manifests and indexes from the registry caches only, so it wants
       ``cache_dir``; ``ca_file`` is a PEM bundle of CAs to verify TLS against).
-    - ``policy``: reserved for verification policies (a later issue); only ``None`` is accepted
-      now, anything else raises :class:`ValueError` rather than being silently ignored.
+    - ``policy``: a trust policy (:class:`~blobfs.registry.ManifestPolicy`, e.g. from
+      ``blobfs.policy``) the registry evaluates on every manifest before its index is used
+      (pull, inspect, mounts), from the caches and offline too; a refusal raises
+      :class:`~blobfs.errors.PolicyViolation` and nothing of the archive is read.
     - ``registry``: use this :class:`~blobfs.registry.Registry` instead of building one (then
       ``docker_config``, ``credentials``, ``plain_http``, ``insecure_hosts``, ``ref_ttl``,
-      ``offline``, ``mirrors``, ``ca_file`` are unused, and ``cache_dir`` only gives the
-      content and block caches); it is not closed by :meth:`close`.
+      ``offline``, ``mirrors``, ``ca_file`` are unused, ``cache_dir`` only gives the content
+      and block caches, and ``policy`` must be None: the registry's own policy applies); it is
+      not closed by :meth:`close`.
 
     Thread safety: as the registry's (methods may be called from several threads).
     """
@@ -73,18 +77,17 @@ class Client:
         cache_dir: str | os.PathLike[str] | None = None,
         plain_http: bool | None = None,
         insecure_hosts: Collection[str] = (),
-        policy: None = None,
+        policy: ManifestPolicy | None = None,
         registry: Registry | None = None,
         ref_ttl: float = DEFAULT_REF_TTL,
         offline: bool = False,
         mirrors: Mapping[str, Sequence[MirrorSpec]] | None = None,
         ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
-        if policy is not None:
-            raise ValueError("verification policies are not supported yet: pass policy=None")
+        if policy is not None and registry is not None:
+            raise ValueError("pass the policy to the Registry given, not to the Client")
         if ref_ttl < 0:
             raise ValueError(f"ref_ttl must be >= 0, got {ref_ttl!r}")
-        self.policy = policy
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         self._owns_registry = registry is None
         if registry is None:
@@ -107,6 +110,7 @@ class Client:
                 offline=offline,
                 mirrors=mirrors,
                 ca_file=ca_file,
+                policy=policy,
             )
         self.registry = registry
         self._cache: DiskCache | None = None
@@ -114,6 +118,11 @@ class Client:
         if self.cache_dir is not None:
             self._cache = DiskCache(self.cache_dir / "content")
             self._block_cache = BlockCache(self.cache_dir / "blocks")
+
+    @property
+    def policy(self) -> ManifestPolicy | None:
+        """The trust policy the client's registry evaluates (None: none)."""
+        return self.registry.policy
 
     def close(self) -> None:
         """Close the caches and the registry made by this client. Archives pulled before keep

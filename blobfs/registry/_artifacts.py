@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -44,7 +45,17 @@ _MAX_PAGES = 10_000
 
 _FALLBACK_WRITES = 3
 """Attempts at the read-modify-write of a fallback index: the registry has no conditional PUT,
-so a concurrent attach can overwrite ours; we read back and add ours again a few times."""
+so another process's attach can overwrite ours; we read back and add ours again a few times."""
+
+_fallback_locks: dict[tuple[str, str, str], threading.Lock] = {}
+_fallback_locks_guard = threading.Lock()
+
+
+def _fallback_lock(registry: str, repository: str, subject: str) -> threading.Lock:
+    """One lock per fallback index in this process: attaches from several threads (or
+    Registry instances) to one subject take turns, so none loses another's entry."""
+    with _fallback_locks_guard:
+        return _fallback_locks.setdefault((registry, repository, subject), threading.Lock())
 
 
 def _fallback_tag(digest: str) -> str:
@@ -228,7 +239,9 @@ class Artifacts(Uploads, Reads):
         absent; its other entries are kept as they are), with its ``artifactType`` and
         ``annotations``, so :meth:`referrers` finds it. The fallback update is a
         read-modify-write without a lock on the registry side; it is read back and redone
-        (a few times) if a concurrent writer dropped our entry.
+        (a few times) if a concurrent writer dropped our entry; attaches within one process
+        take turns per subject, attaches from several processes at once may still lose an
+        entry (the registry offers no compare-and-swap).
         """
         r = parse_ref(subject_ref)
         subject_digest = self._resolve(r)
@@ -250,6 +263,10 @@ class Artifacts(Uploads, Reads):
 
     def _add_to_fallback(self, r: Reference, subject: str, entry: Descriptor) -> None:
         what = f"{r.registry}/{r.repository}@{subject}: referrers fallback"
+        with _fallback_lock(r.registry, r.repository, subject):
+            self._update_fallback(r, subject, entry, what)
+
+    def _update_fallback(self, r: Reference, subject: str, entry: Descriptor, what: str) -> None:
         for attempt in range(_FALLBACK_WRITES + 1):
             body = self._fallback_index(r, subject, what)
             items = [] if body is None else self._index_entries(body, what)

@@ -371,7 +371,8 @@ class Transport:
                 declared = r.headers.get("Content-Length")
                 if declared is not None and declared.isdigit() and int(declared) > limit:
                     raise RegistryError(
-                        f"{what}: {redact(url)} is {declared} bytes, over the limit of {limit}"
+                        f"{what}: {redact(url)} is {declared} bytes, "
+                        f"over the limit of {limit} bytes"
                     )
                 for piece in r.iter_bytes():
                     body.extend(piece)
