@@ -12,7 +12,8 @@ registry's ``rootcertbundle``) and sent in the ``x5c`` header. A known user (Bas
 a refresh token from ``refresh_tokens`` via the OAuth2 POST form) is granted every scope it asks
 for; anonymous requests get a token with no access; a wrong password gets 401.
 ``expires_in`` sets token lifetimes; ``expired = True`` issues tokens whose ``exp`` lies beyond
-the registry's 60 s leeway in the past while still announcing ``expires_in``.
+the registry's 60 s leeway in the past while still announcing ``expires_in``; ``delay`` holds
+each grant back that many seconds.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class TokenServer:
         self.refresh_tokens = dict(refresh_tokens or {})
         self.expires_in = expires_in
         self.expired = False
+        self.delay = 0.0
+        """Seconds each token answer waits before it is sent (to overlap concurrent requests)."""
         self.service = SERVICE
         self.issuer = ISSUER
         self.requests: list[TokenRequest] = []
@@ -159,6 +162,8 @@ class TokenServer:
                 scopes = [s for value in params.get("scope", []) for s in value.split()]
                 with server._lock:
                     server.requests.append(TokenRequest(method, params, user, scopes))
+                if server.delay:
+                    time.sleep(server.delay)
                 token = server._sign(user, scopes)
                 with server._lock:
                     server.issued.append(token)

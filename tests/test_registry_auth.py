@@ -12,11 +12,13 @@ import json
 import logging
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
 from blobfs.errors import AuthError, RegistryError
 from blobfs.registry import (
@@ -253,9 +255,11 @@ def token_registry(
 def ts(token_server: TokenServer) -> Iterator[TokenServer]:
     token_server.expired = False
     token_server.expires_in = 300
+    token_server.delay = 0.0
     yield token_server
     token_server.expired = False
     token_server.expires_in = 300
+    token_server.delay = 0.0
 
 
 def _host(reg: LocalRegistry) -> str:
@@ -402,3 +406,84 @@ def test_scope_actions_are_canonical() -> None:
         "repository:x:push registry:catalog:*"
     )
     assert canonical_scope("") == ""
+
+
+def test_concurrent_threads_fetch_one_token(token_registry: LocalRegistry, ts: TokenServer) -> None:
+    """Eight threads meet the same challenge at once: one token request serves them all."""
+    base, host = token_registry.base_url, _host(token_registry)
+    with httpx.Client(auth=RegistryAuth(_store(Credentials(USER, PASSWORD), host))) as client:
+        digest = _upload(client, base, "flight", b"single flight")
+    ts.delay = 0.3  # every thread is waiting while the first token is being made
+    auth = RegistryAuth(_store(Credentials(USER, PASSWORD), host))
+    start = ts.hits
+    results: list[bytes] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def read() -> None:
+        try:
+            with httpx.Client(auth=auth) as c:
+                barrier.wait()
+                results.append(c.get(f"{base}/v2/flight/blobs/{digest}").content)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert results == [b"single flight"] * 8
+    assert ts.hits == start + 1
+    assert ts.requests[-1].scopes == ["repository:flight:pull"]
+
+
+@pytest.mark.trio
+async def test_concurrent_tasks_fetch_one_token(
+    token_registry: LocalRegistry, ts: TokenServer
+) -> None:
+    base, host = token_registry.base_url, _host(token_registry)
+    with httpx.Client(auth=RegistryAuth(_store(Credentials(USER, PASSWORD), host))) as client:
+        digest = _upload(client, base, "aflight", b"async single flight")
+    ts.delay = 0.3
+    auth = RegistryAuth(_store(Credentials(USER, PASSWORD), host))
+    start = ts.hits
+    results: list[bytes] = []
+    async with httpx.AsyncClient(auth=auth) as aclient:
+
+        async def read() -> None:
+            r = await aclient.get(f"{base}/v2/aflight/blobs/{digest}")
+            results.append(r.content)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(read)
+    assert results == [b"async single flight"] * 8
+    assert ts.hits == start + 1
+
+
+def test_a_failed_token_fetch_fails_every_waiter_clearly(
+    token_registry: LocalRegistry, ts: TokenServer
+) -> None:
+    base, host = token_registry.base_url, _host(token_registry)
+    ts.delay = 0.2
+    auth = RegistryAuth(_store(Credentials(USER, "wrong-Pa55"), host))
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            with httpx.Client(auth=auth) as c:
+                c.get(f"{base}/v2/fail/tags/list")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert len(errors) == 4
+    assert all(isinstance(e, AuthError) and "refused user 'alice'" in str(e) for e in errors)
+    assert all("wrong-Pa55" not in str(e) for e in errors)

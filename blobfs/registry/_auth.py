@@ -22,8 +22,10 @@ The flow, per request:
 Tokens: GET ``realm?service=..&scope=..`` with Basic credentials when the store has a password
 (anonymous otherwise); with an identity token, POST the OAuth2 form ``grant_type=refresh_token``
 as docker does. Cached per (realm, service, scope) until ``expires_in`` (default 60 s) minus a
-small margin. Concurrent requests needing the same missing token may each fetch it (no
-single-flight across threads and tasks); the cache itself is lock-protected.
+small margin. Concurrent requests needing the same missing token fetch it once (single-flight,
+across threads and async tasks alike): the first becomes the leader and fetches, the others wait
+for its answer (threads block, tasks sleep in short steps so the leader's task can run). If the
+leader fails, each waiter fetches on its own, so every request gets its own precise error.
 
 Secrets (passwords, tokens, ``Authorization`` values) never appear in a log line or a message.
 Request bodies must be replayable (bytes) for a request that meets a challenge: send a cheap
@@ -41,6 +43,7 @@ from collections.abc import AsyncGenerator, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import httpx
 
 from ..errors import AuthError
@@ -166,8 +169,34 @@ class _Token:
 _TokenKey = tuple[str, str, str]
 """(realm, service, scope)."""
 
-_Flow = Generator[tuple[httpx.Request, bool], httpx.Response, None]
-"""Yields (request, whether its response body is needed), receives the response."""
+FLIGHT_WAIT = 120.0
+"""Longest wait for another request's token fetch; the leader's own request deadlines end it
+far sooner, this only guards against a leader that vanished without a word."""
+
+_POLL = 0.005
+"""Seconds between an async waiter's looks at a token fetch in flight: small next to a token
+round trip, and the waiting task sleeps (the leader's task runs meanwhile)."""
+
+
+class _Flight:
+    """One token fetch in progress; ``token`` is set (or left None on failure) before ``done``."""
+
+    __slots__ = ("done", "token")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.token: _Token | None = None
+
+    def finish(self, token: _Token | None) -> None:
+        self.token = token
+        self.done.set()
+
+
+_Step = tuple[httpx.Request, bool] | _Flight
+"""What the flow asks its driver for: send a request (and whether its response body is needed,
+the response is sent back), or wait for a token fetch in flight (None is sent back)."""
+
+_Flow = Generator[_Step, httpx.Response | None, None]
 
 
 class RegistryAuth(httpx.Auth):
@@ -191,6 +220,7 @@ class RegistryAuth(httpx.Auth):
         self._clock = clock
         self._lock = threading.Lock()
         self._tokens: dict[_TokenKey, _Token] = {}
+        self._flights: dict[_TokenKey, _Flight] = {}
         # host -> ("basic",) or ("bearer", realm, service): how the host last challenged us.
         self._hosts: dict[str, tuple[str, ...]] = {}
 
@@ -200,29 +230,48 @@ class RegistryAuth(httpx.Auth):
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
         flow = self._flow(request)
-        req, need_body = next(flow)
-        while True:
-            response = yield req
-            if need_body:
-                response.read()
-            try:
-                req, need_body = flow.send(response)
-            except StopIteration:
-                return
+        try:
+            step = next(flow)
+            while True:
+                reply: httpx.Response | None = None
+                if isinstance(step, _Flight):
+                    step.done.wait(FLIGHT_WAIT)
+                else:
+                    req, need_body = step
+                    reply = yield req
+                    if need_body:
+                        reply.read()
+                try:
+                    step = flow.send(reply)
+                except StopIteration:
+                    return
+        finally:
+            flow.close()  # a leader abandoned mid-fetch releases its waiters
 
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         flow = self._flow(request)
-        req, need_body = next(flow)
-        while True:
-            response = yield req
-            if need_body:
-                await response.aread()
-            try:
-                req, need_body = flow.send(response)
-            except StopIteration:
-                return
+        try:
+            step = next(flow)
+            while True:
+                reply: httpx.Response | None = None
+                if isinstance(step, _Flight):
+                    deadline = time.monotonic() + FLIGHT_WAIT
+                    # The fetch may be a sync thread's, so no anyio.Event can signal it.
+                    while not step.done.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110
+                        await anyio.sleep(_POLL)
+                else:
+                    req, need_body = step
+                    reply = yield req
+                    if need_body:
+                        await reply.aread()
+                try:
+                    step = flow.send(reply)
+                except StopIteration:
+                    return
+        finally:
+            flow.close()
 
     def clear(self) -> None:
         """Forget every cached token and what each host asked for."""
@@ -241,6 +290,7 @@ class RegistryAuth(httpx.Auth):
             memo = self._hosts.get(host)
         sent_basic = False
         sent_key: _TokenKey | None = None
+        sent_token = ""
         fresh: set[_TokenKey] = set()
 
         if memo is not None and memo[0] == "basic":
@@ -254,9 +304,9 @@ class RegistryAuth(httpx.Auth):
                 key = (memo[1], memo[2], scope)
                 token = yield from self._token(host, request, key, fresh)
                 request.headers["Authorization"] = f"Bearer {token}"
-                sent_key = key
+                sent_key, sent_token = key, token
 
-        response = yield request, False
+        response = yield from self._send(request)
         for _ in range(_MAX_ROUNDS):
             challenge = self._challenge(response)
             if challenge is None:
@@ -294,13 +344,13 @@ class RegistryAuth(httpx.Auth):
                         status=response.status_code,
                     )
                 if key == sent_key:
-                    self._drop(key)  # expired or revoked early: fetch a new one
+                    self._drop(key, sent_token)  # expired or revoked early: fetch a new one
                 with self._lock:
                     self._hosts[host] = ("bearer", realm, service)
                 token = yield from self._token(host, request, key, fresh)
                 request.headers["Authorization"] = f"Bearer {token}"
-                sent_key = key
-            response = yield request, False
+                sent_key, sent_token = key, token
+            response = yield from self._send(request)
         if self._challenge(response) is not None:
             raise AuthError(host, "authentication did not settle", status=response.status_code)
 
@@ -320,28 +370,60 @@ class RegistryAuth(httpx.Auth):
             return bearer
         return next((c for c in challenges if c.scheme == "basic"), None)
 
-    def _drop(self, key: _TokenKey) -> None:
+    def _drop(self, key: _TokenKey, value: str) -> None:
+        """Forget the token ``value`` of ``key``, unless another request already replaced it
+        (many requests meet the same expiry at once; one new token serves them all)."""
         with self._lock:
-            self._tokens.pop(key, None)
+            cached = self._tokens.get(key)
+            if cached is not None and cached.value == value:
+                del self._tokens[key]
+
+    @staticmethod
+    def _send(request: httpx.Request) -> Generator[_Step, httpx.Response | None, httpx.Response]:
+        """Have the driver send ``request``; its response."""
+        response = yield request, False
+        assert response is not None
+        return response
 
     def _token(
         self, host: str, request: httpx.Request, key: _TokenKey, fresh: set[_TokenKey]
-    ) -> Generator[tuple[httpx.Request, bool], httpx.Response, str]:
-        """A valid token for ``key``: from the cache, or fetched (yielding the token request)."""
+    ) -> Generator[_Step, httpx.Response | None, str]:
+        """A valid token for ``key``: from the cache, from a fetch already in flight for the
+        same key, or fetched (yielding the token request)."""
         with self._lock:
             cached = self._tokens.get(key)
-        if cached is not None and cached.valid(self._clock()):
-            return cached.value
-        realm, _, scope = key
-        creds = self._store.get(host)
-        token_request = self._token_request(host, request, key, creds)
-        log.debug("fetching a registry token from %s for %s", realm, scope or "the API")
-        response = yield token_request, True
-        token = self._parse_token(host, realm, response, creds)
-        fresh.add(key)
-        with self._lock:
-            self._tokens[key] = token
-        return token.value
+            if cached is not None and cached.valid(self._clock()):
+                return cached.value
+            flight = self._flights.get(key)
+            leading = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leading:
+            yield flight  # another request is fetching this very token: wait for it
+            if flight.token is not None:
+                fresh.add(key)  # as fresh as if fetched here: refused again means refused
+                return flight.token.value
+            log.debug("a concurrent token fetch failed; fetching on our own")
+            flight = _Flight()  # ours alone: nobody waits on it
+        token: _Token | None = None
+        try:
+            realm, _, scope = key
+            creds = self._store.get(host)
+            token_request = self._token_request(host, request, key, creds)
+            log.debug("fetching a registry token from %s for %s", realm, scope or "the API")
+            response = yield token_request, True
+            assert response is not None
+            token = self._parse_token(host, realm, response, creds)
+            fresh.add(key)
+            return token.value
+        finally:
+            # Success or not (an error, the request abandoned): the waiters are released.
+            with self._lock:
+                if token is not None:
+                    self._tokens[key] = token
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+            flight.finish(token)
 
     def _token_request(
         self, host: str, request: httpx.Request, key: _TokenKey, creds: Credentials | None
