@@ -1,0 +1,398 @@
+"""The mounted file system without FUSE: what every request handler of the mount does.
+
+:class:`ArchiveFS` answers in plain Python values (:class:`Attr`, :class:`StatFs`, bytes) and
+raises blobfs errors or :class:`~blobfs.fuse._errno.FsError`; ``_ops.py`` converts arguments and
+answers for pyfuse3 and maps errors through the one errno table (:meth:`ArchiveFS.failed`). So
+every behaviour here is tested without a kernel (tests/test_fuse_fs.py), and the kernel mount
+is tested for real on top (tests/test_mount.py).
+
+Semantics (docs/mount.md): read-only; inode numbers stable across remounts (``_inodes.py``);
+files show their archived mode bits (``& 0o777``: no set-uid), owners and mtime; directories
+are synthesized from the paths: mode ``0o555``, mtime of their first file, link count 2 + their
+subdirectories. ``uid``/``gid``/``umask`` options override owners and clear mode bits. Reads
+have ``pread`` semantics and return only verified bytes (the archive's async read path: block
+cache, content cache, readahead; see ``_readers.py``).
+
+Metadata calls never touch the data blob and run on the event loop (they are index lookups of a
+few microseconds; a directory listing costs per child). Concurrency: one event-loop thread
+(trio); read() awaits, so many reads proceed at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import stat
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Final, Generic, NamedTuple, TypeVar
+
+from ..core import Archive, Entry
+from ._errno import FsError, errno_for
+from ._inodes import ROOT_INO, Listing, Node, NodeMap
+from ._readers import Readers
+from ._stats import MountStats, SourceInfo
+
+__all__ = [
+    "BLOCK_SIZE",
+    "DIR_MODE",
+    "MAX_READ",
+    "XATTR_DIGEST",
+    "XATTR_SOURCE",
+    "XATTR_STATS",
+    "ArchiveFS",
+    "Attr",
+    "StatFs",
+]
+
+logger = logging.getLogger("blobfs.fuse")
+
+DIR_MODE: Final = 0o555
+"""Synthesized directories: everyone may list and traverse, nobody may write (read-only)."""
+
+BLOCK_SIZE: Final = 128 << 10
+"""``st_blksize`` and ``f_bsize``: programs size their reads by it (``cp``, ``cat``), and the
+kernel's FUSE requests are 128 KiB by default, so smaller buffers only cost more requests."""
+
+MAX_READ: Final = 16 << 20
+"""Most bytes one read returns. The kernel never asks for more than its max_read (1 MiB at
+most); a direct caller asking for more gets a short read, as pread allows."""
+
+ATTR_CACHE: Final = 65536
+"""Attributes kept per inode (about 200 bytes each): the hot set of a tree walk, 13 MB."""
+
+LISTING_CACHE_NAMES: Final = 262144
+"""Children kept in cached directory listings (about 100 bytes each, 26 MB at most): a listing
+serves link counts, ``readdir`` pages and lookups of one directory; at least the last one stays."""
+
+XATTR_DIGEST: Final = b"user.blobfs.digest"
+XATTR_SOURCE: Final = b"user.blobfs.source"
+XATTR_STATS: Final = b"user.blobfs.stats"
+
+_WRITE_FLAGS: Final = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Lru(Generic[K, V]):
+    """A bounded mapping dropping the least recently used items past ``limit`` total weight."""
+
+    __slots__ = ("_items", "_limit", "_weight")
+
+    def __init__(self, limit: int) -> None:
+        self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._limit = limit
+        self._weight = 0
+
+    def get(self, key: K) -> V | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[0]
+
+    def put(self, key: K, value: V, weight: int = 1) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._weight -= old[1]
+        self._items[key] = (value, weight)
+        self._weight += weight
+        while self._weight > self._limit and len(self._items) > 1:
+            _, (_, w) = self._items.popitem(last=False)
+            self._weight -= w
+
+
+class Attr(NamedTuple):
+    """What ``stat`` says about an inode (atime and ctime are the mtime)."""
+
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    blocks: int
+    mtime_ns: int
+
+
+class StatFs(NamedTuple):
+    """What ``statfs`` says: sizes in ``frsize`` units, from the index (the data blob's size,
+    as squashfs reports its image), nothing free."""
+
+    bsize: int
+    frsize: int
+    blocks: int
+    files: int
+    namemax: int
+
+
+class _DirHandle(NamedTuple):
+    node: Node
+    listing: Listing
+
+
+class _FileHandle(NamedTuple):
+    node: Node
+    readers: Readers
+
+
+class ArchiveFS:
+    """The file system of one archive (see the module docstring).
+
+    ``uid``/``gid`` replace every owner, ``umask`` clears mode bits (None: as archived).
+    ``mountpoint`` is only reported (stats). The archive is not closed here: the caller owns it;
+    :meth:`aclose` closes the open file objects.
+    """
+
+    def __init__(
+        self,
+        archive: Archive,
+        source: SourceInfo,
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+        umask: int | None = None,
+        mountpoint: str | None = None,
+    ) -> None:
+        self.archive = archive
+        self.source = source
+        self.mountpoint = mountpoint
+        self.stats = MountStats()
+        self._nodes = NodeMap(archive.index)
+        self._uid = uid
+        self._gid = gid
+        self._keep = 0o7777 & ~(umask or 0)
+        self._attrs: _Lru[int, Attr] = _Lru(ATTR_CACHE)
+        self._listings: _Lru[int, Listing] = _Lru(LISTING_CACHE_NAMES)
+        self._handles: dict[int, _DirHandle | _FileHandle] = {}
+        self._open: dict[int, Readers] = {}  # inode -> readers shared by its file handles
+        self._next_fh = 1
+        self._source_text = source.pinned.encode("utf-8", "surrogateescape")
+
+    # ------------------------------------------------------------------ attributes
+
+    def _file_attr(self, ino: int, e: Entry) -> Attr:
+        size = e.original_size
+        return Attr(
+            ino,
+            stat.S_IFREG | (e.mode & 0o777 & self._keep),
+            1,
+            e.uid if self._uid is None else self._uid,
+            e.gid if self._gid is None else self._gid,
+            size,
+            (size + 511) // 512,
+            e.mtime_ns,
+        )
+
+    def _dir_attr(self, node: Node) -> Attr:
+        listing = self._listing(node)
+        if node.pos >= 0:
+            first = self.archive.index.entry_at(node.pos)
+            uid, gid, mtime = first.uid, first.gid, first.mtime_ns
+        else:  # the root of an empty archive
+            uid, gid, mtime = os.getuid(), os.getgid(), int(self.stats.started * 1e9)
+        return Attr(
+            node.ino,
+            stat.S_IFDIR | (DIR_MODE & self._keep),
+            2 + listing.subdirs,
+            uid if self._uid is None else self._uid,
+            gid if self._gid is None else self._gid,
+            0,
+            0,
+            mtime,
+        )
+
+    def _attr(self, node: Node) -> Attr:
+        attr = self._attrs.get(node.ino)
+        if attr is None:
+            if node.is_dir:
+                attr = self._dir_attr(node)
+            else:
+                attr = self._file_attr(node.ino, self.archive.index.entry_at(node.pos))
+            self._attrs.put(node.ino, attr)
+        return attr
+
+    def _listing(self, node: Node) -> Listing:
+        listing = self._listings.get(node.ino)
+        if listing is None:
+            listing = self._nodes.children(node)
+            self._listings.put(node.ino, listing, max(1, len(listing)))
+        return listing
+
+    def _dir(self, ino: int) -> Node:
+        node = self._nodes.node(ino)
+        if not node.is_dir:
+            raise FsError(errno.ENOTDIR)
+        return node
+
+    # ------------------------------------------------------------------ metadata
+
+    def lookup(self, parent: int, name: bytes) -> Attr | None:
+        """Attributes of ``name`` in directory ``parent``; None when there is no such entry
+        (the adapter answers with a cacheable negative entry)."""
+        self.stats.lookups += 1
+        node = self._nodes.child(self._dir(parent), name)
+        return None if node is None else self._attr(node)
+
+    def getattr(self, ino: int) -> Attr:
+        attr = self._attrs.get(ino)
+        return attr if attr is not None else self._attr(self._nodes.node(ino))
+
+    def opendir(self, ino: int) -> int:
+        node = self._dir(ino)
+        return self._new_handle(_DirHandle(node, self._listing(node)))
+
+    def readdir(self, fh: int, start: int) -> Iterator[tuple[bytes, Attr, int]]:
+        """``(name, attributes, next offset)`` from offset ``start`` on: ``.`` and ``..``, then
+        the children in name order. An offset is a place in the directory's fixed listing, so
+        it stays valid across handles, concurrent listings and remounts."""
+        h = self._handles.get(fh)
+        if not isinstance(h, _DirHandle):
+            raise FsError(errno.EBADF)
+        node, listing = h
+        if start <= 0:
+            yield b".", self._attr(node), 1
+        if start <= 1:
+            yield b"..", self._attr(self._nodes.parent(node)), 2
+        i = max(start, 2) - 2
+        n = len(listing)
+        index = self.archive.index
+        while i < n:
+            # A page at a time, the files among it decoded together: a reply holds about 25
+            # entries, and the kernel may stop reading any time.
+            hi = min(n, i + 32)
+            page = [listing.node(k) for k in range(i, hi)]
+            attrs = [self._attrs.get(c.ino) for c in page]
+            need = [c.pos for c, a in zip(page, attrs, strict=True) if a is None and not c.is_dir]
+            entries = iter(index.entries_at(need) if need else ())
+            for k, (child, attr) in enumerate(zip(page, attrs, strict=True), i):
+                if attr is None:
+                    if child.is_dir:
+                        attr = self._dir_attr(child)
+                    else:
+                        attr = self._file_attr(child.ino, next(entries))
+                    self._attrs.put(child.ino, attr)
+                yield listing.names[k], attr, k + 3
+            i = hi
+
+    def releasedir(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    def statfs(self) -> StatFs:
+        index = self.archive.index
+        frsize = 4096
+        size = index.data_size or self.archive.source.size
+        return StatFs(BLOCK_SIZE, frsize, -(-size // frsize), len(index) + index.dir_count + 1, 255)
+
+    # ------------------------------------------------------------------ xattrs
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        node = self._nodes.node(ino)
+        names = [XATTR_SOURCE]
+        if not node.is_dir:
+            names.append(XATTR_DIGEST)
+        if ino == ROOT_INO:
+            names.append(XATTR_STATS)
+        return names
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        """``user.blobfs.digest`` (a file's ``sha256:<hex>``), ``user.blobfs.source`` (what is
+        mounted, ``reference@digest``), ``user.blobfs.stats`` (the root: JSON counters);
+        ENODATA for any other name."""
+        node = self._nodes.node(ino)
+        if name == XATTR_SOURCE:
+            return self._source_text
+        if name == XATTR_DIGEST and not node.is_dir:
+            return b"sha256:" + self.archive.index.entry_at(node.pos).hash.hex().encode()
+        if name == XATTR_STATS and ino == ROOT_INO:
+            doc = self.stats.snapshot(self.archive, self.source, self.mountpoint)
+            return json.dumps(doc, sort_keys=True).encode()
+        raise FsError(errno.ENODATA)
+
+    # ------------------------------------------------------------------ content
+
+    def _new_handle(self, handle: _DirHandle | _FileHandle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        return fh
+
+    def open(self, ino: int, flags: int) -> int:
+        """A handle for reading file ``ino``: EROFS for any write flag, EISDIR for a
+        directory. Handles of one inode share its file objects (``_readers.py``)."""
+        node = self._nodes.node(ino)
+        if flags & _WRITE_FLAGS:
+            raise FsError(errno.EROFS)
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        readers = self._open.get(ino)
+        if readers is None:
+            readers = self._open[ino] = Readers(self.archive, self.archive.index.entry_at(node.pos))
+        readers.refs += 1
+        self.stats.opens += 1
+        return self._new_handle(_FileHandle(node, readers))
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (pread: past the end is ``b""``, reads are
+        clamped to the file and to :data:`MAX_READ`), every byte verified."""
+        h = self._handles.get(fh)
+        if not isinstance(h, _FileHandle):
+            raise FsError(errno.EBADF)
+        if offset < 0 or size < 0:
+            raise FsError(errno.EINVAL)
+        readers = h.readers
+        n = min(size, MAX_READ, readers.entry.original_size - offset)
+        if n <= 0:
+            return b""
+        data = await readers.read(offset, n)
+        stats = self.stats
+        stats.reads += 1
+        stats.bytes_read += len(data)
+        return data
+
+    async def release(self, fh: int) -> None:
+        h = self._handles.pop(fh, None)
+        if not isinstance(h, _FileHandle):
+            return
+        readers = h.readers
+        readers.refs -= 1
+        if readers.refs == 0:
+            if self._open.get(h.node.ino) is readers:
+                del self._open[h.node.ino]
+            await readers.aclose()
+
+    async def aclose(self) -> None:
+        """Close every open file object (at unmount)."""
+        readers, self._open = list(self._open.values()), {}
+        self._handles.clear()
+        for r in readers:
+            await r.aclose()
+
+    # ------------------------------------------------------------------ errors
+
+    def failed(
+        self, exc: BaseException, op: str, ino: int | None = None, fh: int | None = None
+    ) -> int:
+        """The errno answering ``exc`` (``_errno.py``'s table and logging), counting failures
+        that are the archive's (EIO and unexpected errors) in the stats."""
+        code = errno_for(exc, op, lambda: self.describe(ino, fh))
+        if code in (errno.EIO, errno.EFBIG):
+            self.stats.errors += 1
+        return code
+
+    def describe(self, ino: int | None = None, fh: int | None = None) -> str:
+        """``/path`` of an inode or handle, for log lines (never raises)."""
+        try:
+            if fh is not None:
+                h = self._handles.get(fh)
+                if h is not None:
+                    return "/" + h.node.path.decode("utf-8", "replace")
+                return f"<handle {fh}>"
+            if ino is not None:
+                return "/" + self._nodes.node(ino).path.decode("utf-8", "replace")
+        except Exception:
+            return f"<inode {ino}>"
+        return "/"

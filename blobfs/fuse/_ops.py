@@ -1,0 +1,230 @@
+"""The pyfuse3 adapter: each handler converts arguments, makes one call into ``_fs.py``, converts
+the answer (STYLE.md rule 2).
+
+Only :class:`pyfuse3.FUSEError` leaves a handler (rule 3): every other exception is turned into
+an errno by :meth:`ArchiveFS.failed` (the one table, ``_errno.py``), which logs what deserves
+it; an unexpected exception is logged with its traceback and answered EIO, and the daemon keeps
+serving. ``trio.Cancelled`` (a BaseException) passes through: it only happens at shutdown.
+
+The data is immutable, so the kernel may cache everything for long: entries and attributes for
+:data:`TIMEOUT`, negative lookups too (Python's import machinery and shells probe many names
+that are not there), and file pages across opens (``keep_cache``).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+from typing import Final
+
+import pyfuse3
+from pyfuse3 import FUSEError
+
+from ._fs import BLOCK_SIZE, ArchiveFS, Attr
+
+__all__ = ["TIMEOUT", "Operations", "entry_attributes"]
+
+TIMEOUT: Final = 86400.0
+"""Seconds the kernel may trust an entry or attributes (a day: nothing ever changes; a remount
+is a new superblock with fresh caches)."""
+
+
+def entry_attributes(attr: Attr) -> pyfuse3.EntryAttributes:
+    """The pyfuse3 form of ``attr`` with the long timeouts."""
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = attr.ino
+    e.generation = 0
+    e.entry_timeout = TIMEOUT
+    e.attr_timeout = TIMEOUT
+    e.st_mode = attr.mode
+    e.st_nlink = attr.nlink
+    e.st_uid = attr.uid
+    e.st_gid = attr.gid
+    e.st_rdev = 0
+    e.st_size = attr.size
+    e.st_blksize = BLOCK_SIZE
+    e.st_blocks = attr.blocks
+    e.st_atime_ns = attr.mtime_ns
+    e.st_mtime_ns = attr.mtime_ns
+    e.st_ctime_ns = attr.mtime_ns
+    return e
+
+
+def _negative_entry() -> pyfuse3.EntryAttributes:
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = 0  # "no such entry", cached for entry_timeout
+    e.entry_timeout = TIMEOUT
+    return e
+
+
+class Operations(pyfuse3.Operations):
+    """pyfuse3 request handlers over an :class:`ArchiveFS` (see the module docstring)."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, fs: ArchiveFS) -> None:
+        super().__init__()
+        self.fs = fs
+
+    def _fail(
+        self, e: Exception, op: str, ino: int | None = None, fh: int | None = None
+    ) -> FUSEError:
+        return FUSEError(self.fs.failed(e, op, ino, fh))
+
+    # ------------------------------------------------------------------ metadata
+
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        try:
+            attr = self.fs.lookup(parent_inode, name)
+        except Exception as e:
+            raise self._fail(e, "lookup", parent_inode) from None
+        return _negative_entry() if attr is None else entry_attributes(attr)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        """Nothing to do: inode numbers are computed, not allocated (``_inodes.py``)."""
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        try:
+            return entry_attributes(self.fs.getattr(inode))
+        except Exception as e:
+            raise self._fail(e, "getattr", inode) from None
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        try:
+            return self.fs.opendir(inode)
+        except Exception as e:
+            raise self._fail(e, "opendir", inode) from None
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        try:
+            for name, attr, next_id in self.fs.readdir(fh, start_id):
+                if not pyfuse3.readdir_reply(token, name, entry_attributes(attr), next_id):
+                    break
+        except Exception as e:
+            raise self._fail(e, "readdir", fh=fh) from None
+
+    async def releasedir(self, fh: int) -> None:
+        self.fs.releasedir(fh)
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        try:
+            s = self.fs.statfs()
+        except Exception as e:
+            raise self._fail(e, "statfs") from None
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = s.bsize
+        out.f_frsize = s.frsize
+        out.f_blocks = s.blocks
+        out.f_bfree = out.f_bavail = 0
+        out.f_files = s.files
+        out.f_ffree = out.f_favail = 0
+        out.f_namemax = s.namemax
+        return out
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        try:
+            return self.fs.getxattr(inode, name)
+        except Exception as e:
+            raise self._fail(e, "getxattr", inode) from None
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        try:
+            return self.fs.listxattr(inode)
+        except Exception as e:
+            raise self._fail(e, "listxattr", inode) from None
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        raise FUSEError(errno.EINVAL)  # archives hold regular files only
+
+    # ------------------------------------------------------------------ content
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        try:
+            fh = self.fs.open(inode, flags)
+        except Exception as e:
+            raise self._fail(e, "open", inode) from None
+        # keep_cache: the kernel's pages of this file stay valid across opens (immutable).
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        try:
+            return await self.fs.read(fh, off, size)
+        except Exception as e:
+            raise self._fail(e, "read", fh=fh) from None
+
+    async def release(self, fh: int) -> None:
+        try:
+            await self.fs.release(fh)
+        except Exception as e:
+            raise self._fail(e, "release", fh=fh) from None
+
+    # ------------------------------------------------------------------ writes: read-only
+    # The mount is "ro", so the kernel refuses these itself; answering EROFS here too keeps
+    # the file system read-only whatever the mount flags say.
+
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        raise FUSEError(errno.EROFS)
+
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise FUSEError(errno.EROFS)
+
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise FUSEError(errno.EROFS)
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise FUSEError(errno.EROFS)
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise FUSEError(errno.EROFS)
+
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise FUSEError(errno.EROFS)
+
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        raise FUSEError(errno.EROFS)
+
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise FUSEError(errno.EROFS)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        raise FUSEError(errno.EROFS)
+
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        raise FUSEError(errno.EROFS)
+
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        raise FUSEError(errno.EROFS)
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise FUSEError(errno.EROFS)

@@ -1,0 +1,98 @@
+"""The open files of one inode: a few archive file objects shared by every handle on it.
+
+The kernel sends READ requests for one file concurrently: its readahead issues several ranges
+of a sequential stream at once, and several processes (or threads) may read the same file. An
+:class:`~blobfs.core.AsyncArchiveFile` serves one task at a time and detects a sequential
+reader by its position, so :class:`Readers` keeps up to ``limit`` of them per inode and routes
+each request:
+
+1. a request starting where a reader's last assigned request ends joins that reader's queue
+   (a FIFO lock), so a stream stays on one reader, in order, and keeps its readahead window
+   even when the kernel sends the next range before the previous one was answered;
+2. otherwise an idle reader takes it (seeking), or a new one when fewer than ``limit`` exist;
+3. otherwise the reader with the shortest queue.
+
+v1 entries (no chunk table) are verified whole on first read and then served from the file
+object's spool, so they get one reader: a second would fetch and verify the file again.
+
+Concurrency: event-loop thread only (trio). Reads of one reader are serialised by its lock;
+reads of different readers run concurrently.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import trio
+
+from ..core import Archive, AsyncArchiveFile, Entry
+
+__all__ = ["READERS_PER_FILE", "Readers"]
+
+READERS_PER_FILE: Final = 4
+"""File objects per open inode: four random readers of one file proceed in parallel (each
+fetch is one range request, so four keep the network busy), and a chunked reader holds at most
+about 40 MiB of readahead, so this bounds the memory one file can take."""
+
+
+class _Reader:
+    __slots__ = ("file", "lock", "queued", "tail")
+
+    def __init__(self) -> None:
+        self.file: AsyncArchiveFile | None = None  # opened under the lock, on first use
+        self.lock = trio.Lock()
+        self.tail = -1  # where the last request given to this reader ends
+        self.queued = 0  # requests given to it and not finished
+
+
+class Readers:
+    """The file objects serving one inode (see the module docstring); shared by all handles
+    open on it, closed when the last one is released."""
+
+    __slots__ = ("_archive", "_readers", "entry", "limit", "refs")
+
+    def __init__(self, archive: Archive, entry: Entry, limit: int = READERS_PER_FILE) -> None:
+        self._archive = archive
+        self.entry = entry
+        self.limit = limit if entry.chunked else 1
+        self._readers: list[_Reader] = []
+        self.refs = 0
+
+    def _pick(self, offset: int) -> _Reader:
+        readers = self._readers
+        for r in readers:
+            if r.tail == offset:
+                return r
+        for r in readers:
+            if not r.queued:
+                return r
+        if len(readers) < self.limit:
+            r = _Reader()
+            readers.append(r)
+            return r
+        return min(readers, key=lambda r: r.queued)
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` verified bytes at ``offset`` (the caller clamps to the file size)."""
+        r = self._pick(offset)
+        r.tail = offset + size
+        r.queued += 1
+        try:
+            async with r.lock:
+                f = r.file
+                if f is None:
+                    f = r.file = await self._archive.aopen(self.entry.path)
+                if f.tell() != offset:
+                    await f.seek(offset)
+                return await f.read(size)
+        finally:
+            r.queued -= 1
+
+    async def aclose(self) -> None:
+        """Close every file object, waiting for reads in progress to finish first."""
+        readers, self._readers = self._readers, []
+        for r in readers:
+            async with r.lock:
+                if r.file is not None:
+                    await r.file.aclose()
+                    r.file = None
