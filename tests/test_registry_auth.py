@@ -149,6 +149,57 @@ def test_order_explicit_then_auth_json_then_docker(tmp_path: Path) -> None:
     assert off.get("a.io") is None
 
 
+def test_namespaced_keys_most_specific_wins(tmp_path: Path) -> None:
+    """containers-auth.json(5): host/namespace/repo keys, the most specific one wins."""
+    authfile = _write_json(
+        tmp_path / "auth.json",
+        {
+            "auths": {
+                "quay.io": {"auth": _b64("registry:0")},
+                "quay.io/org": {"auth": _b64("org:1")},
+                "quay.io/org/app": {"auth": _b64("app:2")},
+                "quay.io/org/app/sub": {},  # holds nothing: not a match
+                "https://ghcr.io/v1/": {"auth": _b64("legacy:3")},
+            }
+        },
+    )
+    docker = _write_json(
+        tmp_path / "d" / "config.json",
+        {
+            "auths": {
+                "ghcr.io/team": {"auth": _b64("docker-team:4")},
+                "docker.io/library": {"auth": _b64("hub-lib:5")},
+                "index.docker.io": {"auth": _b64("hub:6")},
+            }
+        },
+    )
+    env = {"REGISTRY_AUTH_FILE": str(authfile), "DOCKER_CONFIG": str(docker.parent)}
+    store = CredentialStore(env=env)
+    assert store.get("quay.io", "org/app") == Credentials("app", "2")
+    assert store.get("quay.io", "org/app/deeper") == Credentials("app", "2")
+    assert store.get("quay.io", "org/app/sub") == Credentials("app", "2")  # empty: passed over
+    assert store.get("quay.io", "org/other") == Credentials("org", "1")
+    assert store.get("quay.io", "orgx/app") == Credentials("registry", "0")  # no prefix match
+    assert store.get("quay.io", "other") == Credentials("registry", "0")
+    assert store.get("QUAY.io") == Credentials("registry", "0")
+    # auth.json answers ghcr.io (a registry key, legacy URL form) before the docker config's
+    # namespaced key: the first file with a match wins, as in containers/image.
+    assert store.get("ghcr.io", "team/x") == Credentials("legacy", "3")
+    docker_only = CredentialStore(env={"DOCKER_CONFIG": str(docker.parent)})
+    assert docker_only.get("ghcr.io", "team/x") == Credentials("docker-team", "4")
+    assert docker_only.get("ghcr.io", "other/x") is None
+    assert docker_only.get("docker.io", "library/busybox") == Credentials("hub-lib", "5")
+    assert docker_only.get("registry-1.docker.io", "someone/app") == Credentials("hub", "6")
+    explicit = CredentialStore(
+        {"r.io/ns": Credentials("ns", "x"), "https://r.io": Credentials("r", "y")},
+        docker_config=False,
+        auth_file=False,
+    )
+    assert explicit.get("r.io", "ns/app") == Credentials("ns", "x")
+    assert explicit.get("r.io", "nsx/app") == Credentials("r", "y")
+    assert explicit.get("r.io") == Credentials("r", "y")
+
+
 def test_broken_config_is_a_clear_error_without_contents(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     config.write_text('{"auths": {"r.io": {"auth": "%%%not-base64-secret%%%"}}}')
@@ -487,3 +538,50 @@ def test_a_failed_token_fetch_fails_every_waiter_clearly(
     assert len(errors) == 4
     assert all(isinstance(e, AuthError) and "refused user 'alice'" in str(e) for e in errors)
     assert all("wrong-Pa55" not in str(e) for e in errors)
+
+
+def test_namespaced_credentials_in_real_requests(
+    basic_registry: LocalRegistry, tmp_path: Path
+) -> None:
+    """The flow asks the store per repository: a namespace entry with a wrong password fails
+    only the repositories under it."""
+    base, host = basic_registry.base_url, _host(basic_registry)
+    authfile = _write_json(
+        tmp_path / "auth.json",
+        {
+            "auths": {
+                host: {"auth": _b64(f"{USER}:{PASSWORD}")},
+                f"{host}/locked": {"auth": _b64(f"{USER}:wrong-Pa55")},
+            }
+        },
+    )
+    store = CredentialStore(env={"REGISTRY_AUTH_FILE": str(authfile)}, docker_config=False)
+    with httpx.Client(auth=RegistryAuth(store)) as client:
+        digest = _upload(client, base, "open/app", b"namespaced")
+        assert client.get(f"{base}/v2/open/app/blobs/{digest}").content == b"namespaced"
+        with pytest.raises(AuthError, match="refused the credentials"):
+            client.get(f"{base}/v2/locked/app/blobs/{digest}")
+        assert client.get(f"{base}/v2/open/app/blobs/{digest}").status_code == 200
+
+
+def test_namespaced_credentials_pick_the_token_user(
+    token_registry: LocalRegistry, ts: TokenServer, tmp_path: Path
+) -> None:
+    base, host = token_registry.base_url, _host(token_registry)
+    ts.users["bob"] = "bob-Pa55"
+    authfile = _write_json(
+        tmp_path / "auth.json",
+        {
+            "auths": {
+                host: {"auth": _b64(f"{USER}:{PASSWORD}")},
+                f"{host}/bobs": {"auth": _b64("bob:bob-Pa55")},
+            }
+        },
+    )
+    store = CredentialStore(env={"REGISTRY_AUTH_FILE": str(authfile)}, docker_config=False)
+    with httpx.Client(auth=RegistryAuth(store)) as client:
+        _upload(client, base, "alices/app", b"a")
+        assert ts.requests[-1].user == USER
+        _upload(client, base, "bobs/app", b"b")
+        assert ts.requests[-1].user == "bob"
+        assert ts.requests[-1].scopes == ["repository:bobs/app:pull,push"]

@@ -19,6 +19,9 @@ The flow, per request:
   resent. A token the registry refuses is dropped from the cache and fetched once more (it may
   have expired early); a fresh token or Basic credentials refused again end in :class:`AuthError`.
 
+Credentials are asked of the store per host and repository (from the request path), so
+namespace-scoped entries of ``auth.json`` apply to the repositories under them.
+
 Tokens: GET ``realm?service=..&scope=..`` with Basic credentials when the store has a password
 (anonymous otherwise); with an identity token, POST the OAuth2 form ``grant_type=refresh_token``
 as docker does. Cached per (realm, service, scope) until ``expires_in`` (default 60 s) minus a
@@ -128,6 +131,12 @@ def canonical_scope(scope: str) -> str:
         kind, sep, actions = item.rpartition(":")
         parts.append(f"{kind}{sep}{','.join(sorted(actions.split(',')))}" if sep else item)
     return " ".join(parts)
+
+
+def repository_of(request: httpx.Request) -> str | None:
+    """The repository a registry API request is about (``/v2/<repo>/...``), None if none."""
+    m = _REPO_PATH.match(request.url.path)
+    return m.group(1) if m else None
 
 
 def infer_scope(request: httpx.Request) -> str | None:
@@ -286,6 +295,7 @@ class RegistryAuth(httpx.Auth):
             yield request, False
             return
         host = request.url.netloc.decode("ascii")
+        repo = repository_of(request)  # credentials may be per namespace (auth.json keys)
         with self._lock:
             memo = self._hosts.get(host)
         sent_basic = False
@@ -294,7 +304,7 @@ class RegistryAuth(httpx.Auth):
         fresh: set[_TokenKey] = set()
 
         if memo is not None and memo[0] == "basic":
-            creds = self._store.get(host)
+            creds = self._store.get(host, repo)
             if creds is not None and creds.has_password:
                 request.headers["Authorization"] = _basic_header(creds)
                 sent_basic = True
@@ -302,7 +312,7 @@ class RegistryAuth(httpx.Auth):
             scope = infer_scope(request)
             if scope is not None:
                 key = (memo[1], memo[2], scope)
-                token = yield from self._token(host, request, key, fresh)
+                token = yield from self._token(host, repo, request, key, fresh)
                 request.headers["Authorization"] = f"Bearer {token}"
                 sent_key, sent_token = key, token
 
@@ -312,7 +322,7 @@ class RegistryAuth(httpx.Auth):
             if challenge is None:
                 return
             if challenge.scheme == "basic":
-                creds = self._store.get(host)
+                creds = self._store.get(host, repo)
                 if creds is None or not creds.has_password:
                     raise AuthError(
                         host,
@@ -340,14 +350,14 @@ class RegistryAuth(httpx.Auth):
                     raise AuthError(
                         host,
                         f"the registry refused a fresh token for {scope or 'its API'} "
-                        f"({_who(self._store.get(host))})",
+                        f"({_who(self._store.get(host, repo))})",
                         status=response.status_code,
                     )
                 if key == sent_key:
                     self._drop(key, sent_token)  # expired or revoked early: fetch a new one
                 with self._lock:
                     self._hosts[host] = ("bearer", realm, service)
-                token = yield from self._token(host, request, key, fresh)
+                token = yield from self._token(host, repo, request, key, fresh)
                 request.headers["Authorization"] = f"Bearer {token}"
                 sent_key, sent_token = key, token
             response = yield from self._send(request)
@@ -386,7 +396,12 @@ class RegistryAuth(httpx.Auth):
         return response
 
     def _token(
-        self, host: str, request: httpx.Request, key: _TokenKey, fresh: set[_TokenKey]
+        self,
+        host: str,
+        repo: str | None,
+        request: httpx.Request,
+        key: _TokenKey,
+        fresh: set[_TokenKey],
     ) -> Generator[_Step, httpx.Response | None, str]:
         """A valid token for ``key``: from the cache, from a fetch already in flight for the
         same key, or fetched (yielding the token request)."""
@@ -408,7 +423,7 @@ class RegistryAuth(httpx.Auth):
         token: _Token | None = None
         try:
             realm, _, scope = key
-            creds = self._store.get(host)
+            creds = self._store.get(host, repo)
             token_request = self._token_request(host, request, key, creds)
             log.debug("fetching a registry token from %s for %s", realm, scope or "the API")
             response = yield token_request, True
