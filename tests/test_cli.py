@@ -886,7 +886,8 @@ def test_progress_bar_draws_and_clears() -> None:
     assert quiet.getvalue() == ""
 
 
-def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo(capfd: pytest.CaptureFixture[str]) -> None:
+    """The whole demo: registry push and mount (when root with /dev/fuse), then local archives."""
     from blobfs.cli import demo
 
     if not demo.sample_dir().is_dir():
@@ -894,7 +895,16 @@ def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
     cwd = os.getcwd()
     assert demo.main([]) == 0
     assert os.getcwd() == cwd
-    out = capsys.readouterr().out
-    for step in ("create", "ls -l -h", "tree", "cat", "inspect", "verify", "cp -r"):
+    out = capfd.readouterr().out
+    steps = ["push", "inspect", "create", "ls -l -h", "tree", "cat", "verify", "cp -r"]
+    if os.geteuid() == 0 and os.path.exists("/dev/fuse"):
+        steps += ["mount", "status", "umount"]
+        assert "$ ls -lR" in out
+        # The README of the sample tree, read through the mount.
+        readme = (demo.sample_dir() / "README.txt").read_text()
+        assert out.count(readme.splitlines()[0]) >= 2
+        assert "blobfs-demo-" not in Path("/proc/self/mountinfo").read_text()
+    for step in steps:
         assert f"$ blobfs {step}" in out
+    assert "Registry stopped" in out
     assert "Demo finished" in out

@@ -1,10 +1,17 @@
 """``python -m blobfs.cli.demo``: a terminal session of the ``blobfs`` command on a sample tree.
 
-Copies the bundled sample tree (``blobfs/_sample``) into a scratch directory, then runs
-``create``, ``ls -l -h``, ``tree``, ``cat``, ``inspect``, ``verify`` and ``cp -r`` in-process,
-echoing each command line before its output. The last act flips one byte of a copy of the data
-blob and shows ``verify`` and ``cat`` refusing it. Exits non-zero as soon as a step does not
-end with the status it should.
+Act 1, the main job: starts a loopback OCI registry (``docker-registry``), pushes the bundled
+sample tree (``blobfs/_sample``) to it, mounts the reference with ``blobfs mount``, shows
+``ls -lR`` and reads a file through the mount, prints ``blobfs status``, unmounts, and stops the
+registry. The mount needs root and ``/dev/fuse``; without them that part is skipped with the
+reason (the push, ``inspect`` and ``ls`` by reference still run).
+
+Act 2, local archives: ``create``, ``ls -l -h``, ``tree``, ``cat``, ``inspect``, ``verify`` and
+``cp -r`` in-process. The last step flips one byte of a copy of the data blob and shows
+``verify`` and ``cat`` refusing it.
+
+Each command line is echoed before its output. Exits non-zero as soon as a step does not end
+with the status it should.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import contextlib
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -23,6 +31,7 @@ import blobfs
 
 from ..core import open_file
 from . import main as blobfs_main
+from ._demo_registry import RegistryUnavailable, loopback_registry
 
 __all__ = ["main", "sample_dir"]
 
@@ -86,6 +95,64 @@ def _corrupt_copy(src: Path, dest: Path, path: str) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
+def _sh(argv: list[str], expect: int = 0) -> None:
+    """Run a program (not ``blobfs`` in-process: the mount daemon must be its own process)."""
+    shown = ["blobfs", *argv[1:]] if argv[0] == _BLOBFS[0] else argv
+    _say("$ " + shlex.join(shown))
+    rc = subprocess.run(argv, stderr=subprocess.STDOUT, check=False).returncode
+    sys.stdout.flush()
+    if rc != expect:
+        raise DemoFailed(f"`{shlex.join(shown)}` exited {rc}, expected {expect}")
+    _say()
+
+
+_BLOBFS = [os.path.join(os.path.dirname(sys.executable), "blobfs")]
+"""The console script next to this interpreter (the virtualenv's), as a user would run it."""
+
+
+def _mount_skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "mounting needs root on this machine"
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if not os.path.exists(_BLOBFS[0]):
+        return f"{_BLOBFS[0]} is missing (run `make setup`)"
+    return None
+
+
+def registry_act(work: Path, text_file: str) -> None:
+    """Push the sample tree to a loopback registry and mount it."""
+    _say("# The main job: ship a tree through an OCI registry and mount it without downloading.")
+    try:
+        with loopback_registry(work / "registry") as host:
+            _say(f"# A loopback registry (docker-registry) listens on {host}.")
+            _push_and_mount(work, f"{host}/demo/sample:v1", text_file)
+    except RegistryUnavailable as e:
+        raise DemoFailed(str(e)) from None
+    _say("# Registry stopped.")
+    _say()
+
+
+def _push_and_mount(work: Path, ref: str, text_file: str) -> None:
+    _run(["push", ref, "sample"])
+    _run(["inspect", ref])
+    _run(["ls", "-l", ref])
+    reason = _mount_skip_reason()
+    if reason is not None:
+        _say(f"# SKIPPED the mount: {reason}.")
+        return
+    mnt = work / "mnt"
+    mnt.mkdir()
+    _say("# Mount the reference: listings come from the index, reads are verified ranges.")
+    _sh([*_BLOBFS, "mount", ref, str(mnt), "-o", f"cache_dir={work / 'mount-cache'}"])
+    try:
+        _sh(["ls", "-lR", str(mnt)])
+        _sh(["cat", str(mnt / text_file)])
+        _sh([*_BLOBFS, "status", str(mnt)])
+    finally:
+        _sh([*_BLOBFS, "umount", str(mnt)])
+
+
 def session(work: Path) -> None:
     sample = sample_dir()
     if not sample.is_dir():
@@ -94,6 +161,7 @@ def session(work: Path) -> None:
     os.chdir(work)
     text_file = _pick_text_file(Path("sample"))
     some_dir = _pick_dir(Path("sample"))
+    registry_act(work, text_file)
 
     _say("# Archive a directory tree: one index blob, one data blob (zstd per file).")
     _run(["create", "sample", ARCHIVE])
