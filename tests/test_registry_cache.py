@@ -19,6 +19,7 @@ from blobfs.registry._client import Registry
 from blobfs.registry._manifest import digest_of
 from blobfs.registry._mirrors import mirror_base_url, parse_mirrors
 from blobfs.registry.cache import IndexCache, ManifestCache, RefCache, RegistryCaches
+from tests._cli import Capture, run, run_json
 from tests._registry import LocalRegistry, local_registry
 
 FILES = {
@@ -129,6 +130,103 @@ def test_unwritable_cache_is_only_a_miss(tmp_path: Path) -> None:
     caches.manifests.put(digest_of(b"x"), b"x")
     assert caches.refs.get("h/r:t") is None
     assert caches.manifests.get(digest_of(b"x")) is None
+
+
+def _age(path: Path, seconds: float) -> None:
+    """Make ``path`` look last used ``seconds`` ago (access and modification time)."""
+    t = os.stat(path).st_mtime - seconds
+    os.utime(path, (t, t))
+
+
+def test_caches_are_bounded_least_recently_used_first(tmp_path: Path) -> None:
+    caches = RegistryCaches(tmp_path / "c", max_bytes=10_000)
+    blobs = [os.urandom(1500) for _ in range(6)]  # 9,000 bytes: fits
+    for i, data in enumerate(blobs):
+        caches.manifests.put(digest_of(data), data)
+        _age(tmp_path / "c" / "manifests" / digest_of(data).removeprefix("sha256:"), 100 - i)
+    caches.refs.put("h/r:t", digest_of(blobs[0]))
+    assert caches.size_bytes() == 9000 + 71
+    assert caches.entry_count() == 7
+    # blobs[0] is the oldest written, but used now: it survives the prune a new put triggers.
+    ref_path = next((tmp_path / "c" / "refs").iterdir())
+    resolved = os.stat(ref_path).st_mtime
+    assert caches.manifests.get(digest_of(blobs[0])) == blobs[0]
+    extra = os.urandom(1500)
+    caches.indexes.put(digest_of(extra), extra)  # 10,571 > 10,000: prune to 8,000
+    assert caches.size_bytes() <= 8000
+    assert caches.indexes.get(digest_of(extra)) == extra
+    assert caches.manifests.get(digest_of(blobs[0])) == blobs[0]
+    assert caches.manifests.get(digest_of(blobs[1])) is None  # least recently used: gone
+    assert caches.manifests.get(digest_of(blobs[2])) is None
+    # A lookup marks the ref used without changing when it was resolved (the TTL's clock).
+    entry = caches.refs.lookup("h/r:t")
+    assert entry is not None
+    assert entry.resolved_at == resolved
+    assert os.stat(ref_path).st_mtime == resolved
+    # An entry larger than the bound is not stored at all.
+    huge = os.urandom(10_001)
+    caches.indexes.put(digest_of(huge), huge)
+    assert caches.indexes.get(digest_of(huge)) is None
+    # Explicit prune and clear; leftover temporary files of dead writers go too.
+    before = caches.size_bytes()
+    assert caches.prune(3000) == before - caches.size_bytes()
+    assert caches.size_bytes() <= 3000
+    tmp = tmp_path / "c" / "manifests" / ".tmp-dead"
+    tmp.write_bytes(b"x" * 100)
+    _age(tmp, 7200)
+    assert caches.clear() > 0
+    assert caches.size_bytes() == 0
+    assert caches.entry_count() == 0
+    assert not tmp.exists()
+    unbounded = RegistryCaches(tmp_path / "u", max_bytes=0)
+    unbounded.indexes.put(digest_of(huge), huge)
+    assert unbounded.indexes.get(digest_of(huge)) == huge
+    assert unbounded.prune() == 0
+    with pytest.raises(ValueError, match="max_bytes"):
+        RegistryCaches(tmp_path, max_bytes=-1)
+
+
+def test_a_second_process_count_starts_from_a_scan(tmp_path: Path) -> None:
+    """A new RegistryCaches (another process) sees what is on disk before it writes."""
+    first = RegistryCaches(tmp_path / "c", max_bytes=0)
+    for _ in range(8):
+        data = os.urandom(1000)
+        first.manifests.put(digest_of(data), data)
+    second = RegistryCaches(tmp_path / "c", max_bytes=5000)
+    data = os.urandom(1000)
+    second.manifests.put(digest_of(data), data)
+    assert second.size_bytes() <= 4000
+    assert second.manifests.get(digest_of(data)) == data
+
+
+def test_cli_cache_commands_cover_the_registry_caches(
+    tmp_path: Path, origin: LocalRegistry, tree: Path, capsysbinary: Capture
+) -> None:
+    _push(origin, tree)
+    cache = tmp_path / "cache"
+    ref = f"{origin.host}/team/app:v1"
+    assert run(capsysbinary, "inspect", ref, "--cache-dir", str(cache))[0] == 0
+    doc = run_json(capsysbinary, "cache", "status", "--cache-dir", str(cache))
+    reg = doc["caches"]["registry"]
+    assert reg["files"] == 3  # the tag, the manifest, the index
+    assert reg["size_bytes"] > 0
+    assert reg["max_bytes"] == 256 << 20
+    assert reg["path"] == f"{cache}/{{refs,manifests,indexes}}"
+    doc = run_json(
+        capsysbinary, "cache", "prune", "registry", "--max-size", "100", "--cache-dir", str(cache)
+    )
+    assert set(doc["caches"]) == {"registry"}
+    assert doc["caches"]["registry"]["size_bytes"] <= 100
+    assert doc["caches"]["registry"]["freed_bytes"] > 0
+    doc = run_json(capsysbinary, "cache", "clear", "--cache-dir", str(cache))
+    assert doc["caches"]["registry"] == {**doc["caches"]["registry"], "size_bytes": 0, "files": 0}
+    rc, out, _ = run(capsysbinary, "cache", "status", "--cache-dir", str(cache))
+    assert rc == 0
+    assert "registry" in out
+    # Offline now has nothing to serve: a clear error, not a stale answer.
+    rc, _, err = run(capsysbinary, "inspect", ref, "--offline", "--cache-dir", str(cache))
+    assert rc != 0
+    assert "offline" in err
 
 
 def test_parse_mirrors() -> None:

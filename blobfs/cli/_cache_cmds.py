@@ -1,9 +1,11 @@
 """``blobfs cache``: where the caches of remote archives live, how full they are, emptying them.
 
-Two caches sit under the cache root (:func:`~blobfs.cli._common.cache_root`): ``content/``
-(verified files and chunks, keyed by SHA-256, shared by every archive) and ``blocks/`` (raw
-blocks of data blobs). Both are safe to clear at any time, even while another blobfs process
-reads through them: a missing entry is a miss.
+Three caches sit under the cache root (:func:`~blobfs.cli._common.cache_root`): ``content/``
+(verified files and chunks, keyed by SHA-256, shared by every archive), ``blocks/`` (raw
+blocks of data blobs) and the registry caches (``refs/``, ``manifests/``, ``indexes/``: tag ->
+digest answers, manifests and indexes; one bound for the three). All are safe to clear at any
+time, even while another blobfs process reads through them: a missing entry is a miss (but
+``--offline`` has nothing left to serve from a cleared registry cache).
 """
 
 from __future__ import annotations
@@ -14,12 +16,35 @@ from pathlib import Path
 from typing import Any
 
 from ..core.cache.disk import BlockCache, DiskCache
+from ..registry.cache import RegistryCaches
 from ._common import Ctx, cache_root, open_caches
 from ._output import human_size
 
 __all__ = ["cmd_cache"]
 
-_KINDS = ("content", "blocks")
+_KINDS = ("content", "blocks", "registry")
+_PATH_KINDS = ("content", "blocks")
+"""``cache path`` names these; the registry caches live in the root itself."""
+
+
+class _Registry:
+    """The registry caches with the interface of the two disk caches (``cache_root`` given)."""
+
+    def __init__(self, root: Path) -> None:
+        self._caches = RegistryCaches(root)
+        self.path = f"{root}/{{refs,manifests,indexes}}"
+
+    def prune(self, target: int) -> int:
+        return self._caches.prune(target)
+
+    def max_bytes(self) -> int:
+        return self._caches.max_bytes
+
+    def size_bytes(self) -> int:
+        return self._caches.size_bytes()
+
+    def files(self) -> int:
+        return self._caches.entry_count()
 
 
 def _count_files(directory: Path) -> int:
@@ -36,14 +61,30 @@ def cmd_cache(args: argparse.Namespace, ctx: Ctx) -> int:
     root = cache_root(ctx)
     kinds = _KINDS if args.kind in (None, "all") else (args.kind,)
     if action == "path":
-        doc: dict[str, Any] = {"root": str(root), **{k: str(root / k) for k in _KINDS}}
+        doc: dict[str, Any] = {"root": str(root), **{k: str(root / k) for k in _PATH_KINDS}}
         if ctx.out.json:
             ctx.out.emit_json(doc)
         else:
-            ctx.out.lines([str(root), *(f"{k}: {root / k}" for k in _KINDS)])
+            ctx.out.lines([str(root), *(f"{k}: {root / k}" for k in _PATH_KINDS)])
         return 0
     content, blocks = open_caches(ctx)
-    caches: dict[str, DiskCache | BlockCache] = {"content": content, "blocks": blocks}
+    registry = _Registry(root)
+    caches: dict[str, DiskCache | BlockCache | _Registry] = {
+        "content": content,
+        "blocks": blocks,
+        "registry": registry,
+    }
+    paths = {
+        "content": str(root / "content"),
+        "blocks": str(root / "blocks"),
+        "registry": registry.path,
+    }
+
+    def files(k: str) -> int:
+        if k == "registry":
+            return registry.files()
+        return _count_files(root / k) if (root / k).is_dir() else 0
+
     try:
         if action == "clear":
             freed = {k: caches[k].prune(0) for k in kinds}
@@ -56,10 +97,10 @@ def cmd_cache(args: argparse.Namespace, ctx: Ctx) -> int:
             freed = {}
         report: dict[str, dict[str, Any]] = {
             k: {
-                "path": str(root / k),
+                "path": paths[k],
                 "size_bytes": caches[k].size_bytes(),
                 "max_bytes": caches[k].max_bytes(),
-                "files": _count_files(root / k) if (root / k).is_dir() else 0,
+                "files": files(k),
                 **({"freed_bytes": freed[k]} if k in freed else {}),
             }
             for k in kinds

@@ -465,11 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
         "cache",
         cmd_cache,
         "show, locate, prune or clear the caches of remote archives",
-        "{status,path,prune,clear} [content|blocks|all] [--max-size SIZE]",
+        "{status,path,prune,clear} [content|blocks|registry|all] [--max-size SIZE]",
         archive=False,
     )
     p.add_argument("action", choices=("status", "path", "prune", "clear"))
-    p.add_argument("kind", nargs="?", choices=("content", "blocks", "all"), default=None)
+    p.add_argument(
+        "kind", nargs="?", choices=("content", "blocks", "registry", "all"), default=None
+    )
     p.add_argument(
         "--max-size",
         type=_size_arg,
