@@ -25,8 +25,8 @@ from typing import Final
 
 from .. import __version__
 from ..core import CHUNK_SIZE_MAX, CHUNK_SIZE_MIN, DEFAULT_MAX_FILE_SIZE
-from ..errors import BlobfsError
-from ._archive_cmds import cmd_cat, cmd_ls, cmd_tree, cmd_verify
+from ..errors import BlobfsError, PolicyViolation
+from ._archive_cmds import cmd_cat, cmd_ls, cmd_tree
 from ._cache_cmds import cmd_cache
 from ._common import (
     DEFAULT_DATA_NAME,
@@ -40,6 +40,7 @@ from ._create_cmd import cmd_create
 from ._login import cmd_login, cmd_logout
 from ._output import CliError, Output, OutputMode, parse_size
 from ._registry_cmds import cmd_inspect_any, cmd_pull, cmd_push, cmd_tag
+from ._trust_cmds import EXIT_POLICY, add_trust_commands, add_verify_options, cmd_verify_any
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_USAGE", "main"]
 
@@ -59,6 +60,7 @@ log = logging.getLogger("blobfs.cli")
 
 _EPILOG = """\
 exit status: 0 ok, 1 error (including failed verification), 2 usage error,
+5 refused by a trust policy,
 130 interrupted, 141 output pipe closed.
 Set BLOBFS_DEBUG=1 (or pass -vv) to see tracebacks."""
 
@@ -363,11 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     # verify
     p = add(
         "verify",
-        cmd_verify,
-        "check every file (and the data blob digest) against the index",
-        "(ARCHIVE | --index FILE --data FILE)",
+        cmd_verify_any,
+        "check every file (and the data blob digest) against the index; with --policy or "
+        "--key, check REF's signatures and attestations instead",
+        "(ARCHIVE | --index FILE --data FILE | REF --policy FILE | REF --key PUB)",
     )
     p.add_argument("positionals", nargs="*", metavar="ARCHIVE", help=archive_help)
+    add_verify_options(p)
 
     # inspect
     p = add(
@@ -479,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="prune: shrink each cache to SIZE (default: its configured limit)",
     )
+    add_trust_commands(add)
     return parser
 
 
@@ -597,4 +602,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not expected and not debug and verbose < 2:
             message += " (run with -vv or BLOBFS_DEBUG=1 for a traceback)"
         sys.stderr.write(f"blobfs: error: {message}\n")
+        if isinstance(e, PolicyViolation):
+            return EXIT_POLICY
         return e.exit_code if isinstance(e, CliError) else EXIT_ERROR

@@ -38,6 +38,7 @@ from ._common import Ctx, make_client, parse_reference, reference_arg, usage_err
 from ._cp import _Jail, _write_one
 from ._output import CliError, human_size
 from ._progress import ProgressBar
+from ._trust_cmds import referrer_lines, referrer_listing
 
 __all__ = ["cmd_inspect_any", "cmd_pull", "cmd_push", "cmd_tag"]
 
@@ -282,6 +283,8 @@ def cmd_inspect_any(args: argparse.Namespace, ctx: Ctx) -> int:
         return cmd_inspect(args, ctx)
     with make_client(ctx) as client:  # the registry caches answer (or, --offline, alone)
         info = client.registry.inspect(ref)
+        # Signatures and attestations of this very digest (listed, not verified).
+        referrers = referrer_listing(client.registry, ref.with_digest(info.manifest.digest))
     index = info.index
     total = 0
     by_comp: Counter[str] = Counter({"none": 0, "zstd": 0})
@@ -307,6 +310,7 @@ def cmd_inspect_any(args: argparse.Namespace, ctx: Ctx) -> int:
         "entries": dict(by_comp),
         "created": m.created,
         "annotations": dict(m.annotations),
+        **referrers,
     }
     out = ctx.out
     if out.json:
@@ -325,6 +329,7 @@ def cmd_inspect_any(args: argparse.Namespace, ctx: Ctx) -> int:
     ]
     width = max(len(k) for k, _ in rows) + 2
     out.lines(f"{k + ':':<{width}}{v}" for k, v in rows)
+    out.lines(referrer_lines(referrers))
     if m.annotations:
         out.line("Annotations:")
         out.lines(f"  {k}={v}" for k, v in sorted(m.annotations.items()))
