@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -36,60 +35,12 @@ from blobfs.fuse._mountpoint import (
     unmount,
     wait_until_mounted,
 )
+from tests._fuse_support import NotifyListener, needs_fuse, needs_root, umount_all
 
 REPO = Path(__file__).resolve().parent.parent
-IS_ROOT = os.geteuid() == 0
-HAS_FUSE = os.path.exists("/dev/fuse")
-
-needs_root = pytest.mark.skipif(
-    not IS_ROOT, reason="LOUD SKIP: mounting tmpfs for mount-table tests needs root"
-)
-needs_fuse = pytest.mark.skipif(
-    not (IS_ROOT and HAS_FUSE),
-    reason="LOUD SKIP: real FUSE mounts need root and /dev/fuse (CI has both)",
-)
 
 
 # --- sd_notify --------------------------------------------------------------------------------
-
-
-class NotifyListener:
-    """A stand-in for systemd's notification socket: a real AF_UNIX datagram socket.
-
-    ``address`` is what goes into ``$NOTIFY_SOCKET`` (a path, or ``@name`` for the abstract
-    namespace). Credentials are on (``SO_PASSCRED``) as systemd has them, so each message
-    comes with the sender's PID.
-    """
-
-    def __init__(self, path: Path | None = None) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        if path is None:
-            name = f"blobfs-test-notify-{os.getpid()}-{time.monotonic_ns()}"
-            self.sock.bind("\0" + name)
-            self.address = "@" + name
-        else:
-            self.sock.bind(str(path))
-            self.address = str(path)
-        self.sock.settimeout(10)
-
-    def receive(self) -> tuple[list[str], int]:
-        """The next message's assignments and the sender's PID (from SCM_CREDENTIALS)."""
-        creds_size = socket.CMSG_SPACE(3 * 4)
-        data, ancdata, _, _ = self.sock.recvmsg(4096, creds_size)
-        pid = -1
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                pid = int.from_bytes(payload[:4], sys.byteorder)
-        return data.decode().split("\n"), pid
-
-    def pending(self) -> bool:
-        """True when a message is waiting (checked without blocking)."""
-        readable, _, _ = select.select([self.sock], [], [], 0)
-        return bool(readable)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture(params=["path", "abstract"])
@@ -163,7 +114,7 @@ def test_notify_rejects_malformed_states(listener: NotifyListener) -> None:
     for bad in (("READY",), ("STATUS=a\nREADY=1",), ()):
         with pytest.raises(ValueError, match="KEY=VALUE"):
             _notify.notify(*bad)
-    assert not listener.pending()
+    assert not listener.pending(timeout=0.1)
 
 
 # --- the mount table --------------------------------------------------------------------------
@@ -200,21 +151,13 @@ def test_parse_mountinfo_decodes_escapes_and_optional_fields() -> None:
     assert "fuse.blobfs 'reg.example:5000/team/data:v1' (rw,nosuid,nodev" in fuse.describe()
 
 
-def _umount_all(path: Path) -> None:
-    """Test clean-up: detach whatever is still mounted at ``path``."""
-    for _ in range(8):
-        if not is_mounted(str(path)):
-            return
-        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
-
-
 @contextlib.contextmanager
 def tmpfs_at(path: Path, source: str = "blobfs-test") -> Iterator[Path]:
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", source, str(path)], check=True)
     try:
         yield path
     finally:
-        _umount_all(path)
+        umount_all(path)
 
 
 @needs_root
@@ -323,7 +266,7 @@ def tiny_fuse(mountpoint: Path, *extra: str) -> Iterator[subprocess.Popen[str]]:
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=30)
-        _umount_all(mountpoint)
+        umount_all(mountpoint)
 
 
 def _started(proc: subprocess.Popen[str]) -> None:
