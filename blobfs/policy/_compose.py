@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..errors import PolicyViolation
+from ._referrers import evaluation_scope
 
 if TYPE_CHECKING:
     from ..registry import PolicyRequest
@@ -58,8 +59,9 @@ class RequireAll:
         self.policies = _check(policies, "require_all")
 
     def evaluate(self, request: PolicyRequest) -> None:
-        for p in self.policies:
-            p.evaluate(request)
+        with evaluation_scope():
+            for p in self.policies:
+                p.evaluate(request)
 
     def __repr__(self) -> str:
         return f"require_all({', '.join(map(repr, self.policies))})"
@@ -76,14 +78,15 @@ class RequireAny:
 
     def evaluate(self, request: PolicyRequest) -> None:
         reasons: list[str] = []
-        for p in self.policies:
-            try:
-                p.evaluate(request)
-            except PolicyViolation as e:
-                reasons.append(f"{e.policy}: {e.reason}")
-                continue
-            log.debug("%s: accepted by %s", request.reference, policy_name(p))
-            return
+        with evaluation_scope():
+            for p in self.policies:
+                try:
+                    p.evaluate(request)
+                except PolicyViolation as e:
+                    reasons.append(f"{e.policy}: {e.reason}")
+                    continue
+                log.debug("%s: accepted by %s", request.reference, policy_name(p))
+                return
         raise PolicyViolation(
             self.name,
             f"none of {len(reasons)} policies accepted it ({'; '.join(reasons)})",

@@ -53,6 +53,7 @@ from ._provenance import (
     require_builder,
     require_source,
 )
+from ._referrers import evaluation_scope
 from ._slsa import SLSAPolicy
 
 if TYPE_CHECKING:
@@ -146,8 +147,9 @@ class PolicyFile:
                 "(unmatched = deny)",
                 reference=str(ref),
             )
-        for rule in rules:
-            rule.policy.evaluate(request)
+        with evaluation_scope():
+            for rule in rules:
+                rule.policy.evaluate(request)
 
     def __repr__(self) -> str:
         return f"PolicyFile({self.path!r}, {len(self.rules)} rule(s))"

@@ -10,10 +10,14 @@ a reason, never used, and never stops the others from being examined.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Collection, Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +27,14 @@ from ..registry import OCI_MANIFEST
 if TYPE_CHECKING:
     from ..registry import PolicyRequest
 
-__all__ = ["MAX_PAYLOAD_SIZE", "MAX_REFERRERS", "Evidence", "collect_evidence", "first_accepted"]
+__all__ = [
+    "MAX_PAYLOAD_SIZE",
+    "MAX_REFERRERS",
+    "Evidence",
+    "collect_evidence",
+    "evaluation_scope",
+    "first_accepted",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +46,76 @@ order of registries is not guaranteed, so this is a bound, not a selection)."""
 MAX_PAYLOAD_SIZE = 4 << 20
 """Largest bundle or envelope read: a signature bundle is a few KiB, a provenance statement
 rarely over 100 KiB; a bigger blob is refused unread."""
+
+
+CONTENT_CACHE_BYTES = 16 << 20
+"""Bytes of referrer manifests and payload blobs kept in memory, by digest: content-addressed
+and checked against its digest when fetched, so a hit is as good as a fetch, and repeated pulls
+of a signed archive cost only the referrers listing (measured: a fetch is 2-5 ms here)."""
+
+
+class _ContentCache:
+    """A thread-safe LRU of verified bytes by digest, bounded in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max = max_bytes
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> bytes | None:
+        with self._lock:
+            data = self._items.get(digest)
+            if data is not None:
+                self._items.move_to_end(digest)
+            return data
+
+    def put(self, digest: str, data: bytes) -> None:
+        if len(data) > self._max // 4:
+            return
+        with self._lock:
+            if digest in self._items:
+                return
+            self._items[digest] = data
+            self._size += len(data)
+            while self._size > self._max:
+                _, old = self._items.popitem(last=False)
+                self._size -= len(old)
+
+
+_content = _ContentCache(CONTENT_CACHE_BYTES)
+
+_scope: contextvars.ContextVar[dict[tuple[int, str], list[Any]] | None] = contextvars.ContextVar(
+    "blobfs_policy_scope", default=None
+)
+"""Referrers listings of the evaluation in progress, by (registry, digest): the policies of one
+``require_all``/``require_any``/policy file share one listing instead of asking per policy.
+Listings are never kept beyond an evaluation (a signature added later must be seen)."""
+
+
+@contextlib.contextmanager
+def evaluation_scope() -> Iterator[None]:
+    """Share referrers listings among the policies evaluated inside (nested scopes join the
+    outer one)."""
+    if _scope.get() is not None:
+        yield
+        return
+    token = _scope.set({})
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
+def _list(registry: Any, subject: Any, digest: str) -> list[Any]:
+    memo = _scope.get()
+    key = (id(registry), digest)
+    if memo is not None and key in memo:
+        return memo[key]
+    listing: list[Any] = registry.referrers(subject)
+    if memo is not None:
+        memo[key] = listing
+    return listing
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +151,9 @@ def collect_evidence(
     subject = _subject_ref(request)
     registry = request.registry
     try:
-        descriptors = registry.referrers(subject, artifact_type)
+        descriptors = [
+            d for d in _list(registry, subject, request.digest) if d.artifact_type == artifact_type
+        ]
     except RegistryError as e:
         raise PolicyViolation(
             policy, f"cannot list the referrers of {request.digest}: {e}", reference=str(subject)
@@ -131,11 +214,14 @@ def _payloads(
     layer_types: Collection[str],
 ) -> list[Evidence]:
     registry = request.registry
-    raw, _media_type, _ = registry.fetch_manifest_bytes(
-        subject.with_digest(digest), accept=(OCI_MANIFEST,)
-    )
-    if "sha256:" + hashlib.sha256(raw).hexdigest() != digest:  # defence in depth
-        raise _Unusable("manifest bytes differ from the digest")
+    raw = _content.get(digest)
+    if raw is None:
+        raw, _media_type, _ = registry.fetch_manifest_bytes(
+            subject.with_digest(digest), accept=(OCI_MANIFEST,)
+        )
+        if "sha256:" + hashlib.sha256(raw).hexdigest() != digest:  # defence in depth
+            raise _Unusable("manifest bytes differ from the digest")
+        _content.put(digest, raw)
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, ValueError):
@@ -170,7 +256,12 @@ def _payloads(
             raise _Unusable(f"layer {i}: malformed descriptor")
         if size > MAX_PAYLOAD_SIZE:
             raise _Unusable(f"layer {i}: {size} bytes, over the limit of {MAX_PAYLOAD_SIZE}")
-        data = registry.fetch_blob(subject, blob_digest, max_size=MAX_PAYLOAD_SIZE)
+        data = _content.get(blob_digest)
+        if data is None:
+            data = registry.fetch_blob(subject, blob_digest, max_size=MAX_PAYLOAD_SIZE)
+            if "sha256:" + hashlib.sha256(data).hexdigest() != blob_digest:  # defence in depth
+                raise _Unusable(f"layer {i}: blob bytes differ from the digest")
+            _content.put(blob_digest, data)
         out.append(Evidence(digest, blob_digest, str(layer["mediaType"]), data, annotations))
     if not out:
         raise _Unusable(f"no layer of type {' or '.join(sorted(layer_types))}")
