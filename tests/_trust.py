@@ -17,6 +17,7 @@ import json
 import struct
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -25,10 +26,44 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from blobfs.registry import Manifest, Reference, Registry
 
-__all__ = ["GITHUB_ISSUER", "WORKFLOW_SAN", "MiniSigstore", "push_archive"]
+__all__ = [
+    "BUILDER",
+    "GITHUB_ISSUER",
+    "WORKFLOW_SAN",
+    "MiniSigstore",
+    "github_predicate",
+    "push_archive",
+]
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
 WORKFLOW_SAN = "https://github.com/acme/tools/.github/workflows/release.yml@refs/heads/main"
+
+BUILDER = "https://github.com/actions/runner/github-hosted"
+"""The builder id of GitHub-hosted runners in actions/attest-build-provenance statements."""
+
+
+def github_predicate(ref: str = "refs/heads/main") -> dict[str, Any]:
+    """An SLSA v1 predicate as GitHub Actions writes it for acme/tools' release.yml at ``ref``."""
+    return {
+        "buildDefinition": {
+            "buildType": "https://actions.github.io/buildtypes/workflow/v1",
+            "externalParameters": {
+                "workflow": {
+                    "ref": ref,
+                    "repository": "https://github.com/acme/tools",
+                    "path": ".github/workflows/release.yml",
+                }
+            },
+            "resolvedDependencies": [
+                {
+                    "uri": f"git+https://github.com/acme/tools@{ref}",
+                    "digest": {"gitCommit": "a" * 40},
+                }
+            ],
+        },
+        "runDetails": {"builder": {"id": BUILDER}, "metadata": {"invocationId": "1"}},
+    }
+
 
 _SCT_OID = ObjectIdentifier("1.3.6.1.4.1.11129.2.4.2")
 _ISSUER_V1 = ObjectIdentifier("1.3.6.1.4.1.57264.1.1")

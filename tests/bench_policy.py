@@ -42,27 +42,21 @@ from blobfs.policy.slsa import (
 )
 from blobfs.registry import PolicyRequest, Reference, Registry
 from tests._registry import local_registry
-from tests._trust import GITHUB_ISSUER, WORKFLOW_SAN, MiniSigstore, push_archive
+from tests._trust import (
+    BUILDER,
+    GITHUB_ISSUER,
+    WORKFLOW_SAN,
+    MiniSigstore,
+    github_predicate,
+    push_archive,
+)
 
 __all__ = ["main", "rows"]
 
 RUNS = 21
 """Pulls per variant: policy evaluation is a few milliseconds, so many runs steady the median."""
 
-BUILDER = "https://github.com/actions/runner/github-hosted"
-PREDICATE = {
-    "buildDefinition": {
-        "buildType": "https://actions.github.io/buildtypes/workflow/v1",
-        "externalParameters": {
-            "workflow": {
-                "ref": "refs/heads/main",
-                "repository": "https://github.com/acme/tools",
-                "path": ".github/workflows/release.yml",
-            }
-        },
-    },
-    "runDetails": {"builder": {"id": BUILDER}},
-}
+PREDICATE = github_predicate()
 REGO = f"""package blob.policy
 import rego.v1
 default allow := false

@@ -30,28 +30,9 @@ from blobfs.policy.slsa import (
 )
 from blobfs.registry import Registry
 from tests._registry import LocalRegistry, local_registry
-from tests._trust import push_archive
+from tests._trust import BUILDER, github_predicate, push_archive
 
-BUILDER = "https://github.com/actions/runner/github-hosted"
-PREDICATE: dict[str, Any] = {
-    "buildDefinition": {
-        "buildType": "https://actions.github.io/buildtypes/workflow/v1",
-        "externalParameters": {
-            "workflow": {
-                "ref": "refs/tags/v1.2.0",
-                "repository": "https://github.com/acme/tools",
-                "path": ".github/workflows/release.yml",
-            }
-        },
-        "resolvedDependencies": [
-            {
-                "uri": "git+https://github.com/acme/tools@refs/tags/v1.2.0",
-                "digest": {"gitCommit": "a" * 40},
-            }
-        ],
-    },
-    "runDetails": {"builder": {"id": BUILDER}, "metadata": {"invocationId": "1"}},
-}
+PREDICATE = github_predicate("refs/tags/v1.2.0")
 
 
 @pytest.fixture(scope="module")

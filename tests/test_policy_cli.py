@@ -12,20 +12,9 @@ import pytest
 
 from tests._cli import Capture, run, run_json
 from tests._registry import LocalRegistry, local_registry
+from tests._trust import github_predicate
 
-PREDICATE = {
-    "buildDefinition": {
-        "buildType": "https://actions.github.io/buildtypes/workflow/v1",
-        "externalParameters": {
-            "workflow": {
-                "ref": "refs/heads/main",
-                "repository": "https://github.com/acme/tools",
-                "path": ".github/workflows/release.yml",
-            }
-        },
-    },
-    "runDetails": {"builder": {"id": "https://github.com/actions/runner/github-hosted"}},
-}
+PREDICATE = github_predicate()
 
 
 @pytest.fixture(autouse=True)

@@ -13,22 +13,9 @@ from blobfs.policy.sigstore import load_private_key, sign_manifest, write_keypai
 from blobfs.policy.slsa import attest
 from blobfs.registry import Registry
 from tests._registry import LocalRegistry, local_registry
-from tests._trust import MiniSigstore, push_archive
+from tests._trust import BUILDER, MiniSigstore, github_predicate, push_archive
 
-BUILDER = "https://github.com/actions/runner/github-hosted"
-PREDICATE = {
-    "buildDefinition": {
-        "buildType": "https://actions.github.io/buildtypes/workflow/v1",
-        "externalParameters": {
-            "workflow": {
-                "ref": "refs/heads/main",
-                "repository": "https://github.com/acme/tools",
-                "path": ".github/workflows/release.yml",
-            }
-        },
-    },
-    "runDetails": {"builder": {"id": BUILDER}},
-}
+PREDICATE = github_predicate()
 
 
 @pytest.fixture(scope="module")
