@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("--child-index", nargs=2, metavar=("PATH", "N"))
     parser.add_argument("--child-stream", nargs=2, metavar=("URL", "PATH"))
-    parser.add_argument("--only", choices=["index", "create", "http"])
+    parser.add_argument("--child-registry", nargs=3, metavar=("KIND", "REF", "ARG"))
+    parser.add_argument("--only", choices=["index", "create", "http", "registry"])
     parser.add_argument("--quick", action="store_true", help="smaller inputs")
     args = parser.parse_args(argv)
     if args.child_index:
@@ -205,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         from tests.bench_http import child_stream
 
         child_stream(*args.child_stream)
+        return 0
+    if args.child_registry:
+        from tests.bench_registry import child
+
+        child(args.child_registry)
         return 0
 
     rows: list[tuple[str, str, str]] = [("benchmark", "median of 3", "target")]
@@ -270,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_http.throughput_rows(bench_dir(), seq_size)
         step("reads over HTTP: memory while streaming")
         rows += bench_http.memory_rows(bench_dir(), (1 if args.quick else 4) << 30)
+    if args.only in (None, "registry"):
+        from tests import bench_registry
+
+        rows += bench_registry.rows(bench_dir(), args.quick)
     print(table(rows))
     return 0
 
