@@ -20,6 +20,7 @@ from typing import Any, cast
 import pyfuse3
 import pytest
 import trio
+import trio.testing
 
 from blobfs.core import Archive, BlobFile, Compression, Index, create_blob, open_file
 from blobfs.errors import (
@@ -656,3 +657,49 @@ def test_options_parse_and_refuse() -> None:
     ]:
         with pytest.raises(MountError, match=words):
             parse_options(bad)
+
+
+def _cached(cache: Any, digest: bytes) -> bool:
+    f = cache.get(digest)
+    if f is None:
+        return False
+    f.close()
+    return True
+
+
+@pytest.mark.trio
+async def test_reading_through_a_directory_prefetches_it(
+    archive_dir: Path, tmp_path: Path, tree: tuple[Path, dict[str, bytes]]
+) -> None:
+    from blobfs.core.cache.disk import DiskCache
+
+    with (
+        DiskCache(tmp_path / "content") as cache,
+        open_file(archive_dir / "index.blob", archive_dir / "data.blob", cache=cache) as archive,
+    ):
+        fs = ArchiveFS(archive, SourceInfo("x"))
+        many = [e for e in archive.walk("many") if e.original_size]
+        async with trio.open_nursery() as nursery:
+            fs.spawn = nursery.start_soon
+            # One file alone is read alone; so is the same file again.
+            for _ in range(2):
+                fh = fs.open(_ino(fs, "many/f001"), os.O_RDONLY)
+                assert await fs.read(fh, 0, 10) == b"1"
+                await fs.release(fh)
+            await trio.testing.wait_all_tasks_blocked()
+            assert sum(_cached(cache, e.hash) for e in many) <= 1
+            # A second file of the directory: the whole directory is loaded in the background.
+            fh = fs.open(_ino(fs, "many/f002"), os.O_RDONLY)
+            await fs.release(fh)
+        assert all(_cached(cache, e.hash) for e in many)
+        # A directory with subdirectories is not prefetched (that would load its whole subtree).
+        async with trio.open_nursery() as nursery:
+            fs.spawn = nursery.start_soon
+            for name in ("a.txt", "space name.txt"):
+                await fs.release(fs.open(_ino(fs, name), os.O_RDONLY))
+        fs.spawn = None
+        assert not _cached(cache, archive.entry("dir/sub/small.txt").hash)
+        for path, data in tree[1].items():  # and everything still reads right
+            fh = fs.open(_ino(fs, path), os.O_RDONLY)
+            assert await fs.read(fh, 0, len(data) + 1) == data
+            await fs.release(fh)

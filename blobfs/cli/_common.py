@@ -39,7 +39,13 @@ from ..core._closing import SupportsClose
 from ..core.cache.disk import BlockCache, DiskCache
 from ..core.http import HttpSource
 from ..errors import InvalidReference
-from ..registry import DEFAULT_REF_TTL, Reference, parse_mirrors
+from ..registry import (
+    DEFAULT_REF_TTL,
+    CredentialStore,
+    ManifestPolicy,
+    Reference,
+    parse_mirrors,
+)
 from ._output import CliError, Output
 
 __all__ = [
@@ -243,6 +249,9 @@ class Ctx:
     registry TLS certificates against (None: the system's)."""
     config: Config = field(default_factory=Config)
     """The configuration file's settings."""
+    cache_bytes: int | None = None
+    """Bound of each disk cache (content, blocks) in bytes; None: their defaults (the mount's
+    ``-o cache_size``)."""
 
     def __post_init__(self) -> None:
         if self.ca_file is None and self.config.ca_file is not None:
@@ -365,10 +374,18 @@ def parse_reference(text: str, *, allow_digest: bool = True) -> Reference:
     return ref
 
 
-def make_client(ctx: Ctx, *, caches: bool | None = None) -> Client:
+def make_client(
+    ctx: Ctx,
+    *,
+    caches: bool | None = None,
+    credentials: CredentialStore | None = None,
+    policy: ManifestPolicy | None = None,
+) -> Client:
     """A :class:`Client` with docker-config credentials, the run's plain-HTTP, TLS, offline and
     mirror settings and (when ``caches``, default: unless ``--no-cache``) the caches under the
-    cache root (content, blocks, and the registry caches with the configured tag TTL)."""
+    cache root (content, blocks, and the registry caches with the configured tag TTL).
+    ``credentials`` replaces the default credential store (the mount keeps it to re-read it on
+    SIGHUP), ``policy`` is the trust policy the registry evaluates."""
     use = ctx.use_cache if caches is None else caches
     if ctx.offline and not use:
         raise CliError("--offline serves registry metadata from the caches: drop --no-cache")
@@ -381,6 +398,8 @@ def make_client(ctx: Ctx, *, caches: bool | None = None) -> Client:
             offline=ctx.offline,
             mirrors=ctx.config.mirrors,
             ca_file=ctx.ca_file,
+            credentials=credentials,
+            policy=policy,
         )
     except OSError as e:  # the CA bundle (the only file read on construction)
         if ctx.ca_file is None:
@@ -413,8 +432,10 @@ def cache_root(ctx: Ctx) -> Path:
 def open_caches(ctx: Ctx) -> tuple[DiskCache, BlockCache]:
     root = cache_root(ctx)
     return (
-        DiskCache(root / "content", max_bytes=CONTENT_CACHE_BYTES),
-        BlockCache(root / "blocks"),
+        DiskCache(root / "content", max_bytes=ctx.cache_bytes or CONTENT_CACHE_BYTES),
+        BlockCache(root / "blocks")
+        if ctx.cache_bytes is None
+        else BlockCache(root / "blocks", max_bytes=ctx.cache_bytes),
     )
 
 

@@ -38,6 +38,7 @@ from ._common import (
 from ._cp import cmd_cp
 from ._create_cmd import cmd_create
 from ._login import cmd_login, cmd_logout
+from ._mount_cmds import add_mount_commands, helper_argv
 from ._output import CliError, Output, OutputMode, parse_size
 from ._registry_cmds import cmd_inspect_any, cmd_pull, cmd_push, cmd_tag
 from ._trust_cmds import EXIT_POLICY, add_trust_commands, add_verify_options, cmd_verify_any
@@ -483,7 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="prune: shrink each cache to SIZE (default: its configured limit)",
     )
+    add_mount_commands(add)
     add_trust_commands(add)
+    parser.set_defaults(commands=tuple(sub.choices))
     return parser
 
 
@@ -580,7 +583,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         try:
-            args = parser.parse_args(argv)
+            # mount(8) runs "blobfs SOURCE MOUNTPOINT -o ..." (no subcommand): that is a mount.
+            commands = parser.get_default("commands")
+            args = parser.parse_args(helper_argv(sys.argv[1:] if argv is None else argv, commands))
         except SystemExit as e:
             return _exit_code(e)
         ctx, verbose = _settings(args)

@@ -95,8 +95,9 @@ def mount(
     mountpoint = os.path.abspath(mountpoint)
     if options.allow_other:
         check_allow_other()
-    check_mountpoint(mountpoint)
+    # Logging first: check_mountpoint warns when it removes a dead mount left at the place.
     setup_daemon_logging(options.log_level, debug=options.debug)
+    check_mountpoint(mountpoint)
     pipe = None if foreground else detach()
     try:
         archive = open_archive()
@@ -180,6 +181,7 @@ class _Daemon:
                 return _failed(self.pipe, f"cannot mount {self.mountpoint}: {e}")
             stack.callback(self._unmount)
             async with trio.open_nursery() as nursery:
+                self.fs.spawn = nursery.start_soon
                 nursery.start_soon(self._signals, receiver, nursery.cancel_scope)
                 nursery.start_soon(self._announce, nursery.cancel_scope)
                 try:
@@ -226,9 +228,7 @@ class _Daemon:
             use_syslog()
         logger.info("serving %s at %s", source.pinned, self.mountpoint)
 
-    async def _signals(
-        self, receiver: AsyncIterator[int], scope: trio.CancelScope
-    ) -> None:
+    async def _signals(self, receiver: AsyncIterator[int], scope: trio.CancelScope) -> None:
         async for signum in receiver:
             if signum == signal.SIGHUP:
                 await self._reload()

@@ -26,7 +26,7 @@ import logging
 import os
 import stat
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Final, Generic, NamedTuple, TypeVar
 
 from ..core import Archive, Entry
@@ -66,6 +66,11 @@ ATTR_CACHE: Final = 65536
 LISTING_CACHE_NAMES: Final = 262144
 """Children kept in cached directory listings (about 100 bytes each, 26 MB at most): a listing
 serves link counts, ``readdir`` pages and lookups of one directory; at least the last one stays."""
+
+PREFETCH_MAX_FILES: Final = 4096
+"""Directories up to this many files are prefetched when a program reads through them (see
+:meth:`ArchiveFS.open`); a bigger directory is left to per-file reads, as a program reading two
+of its files is no evidence that it will read all of them."""
 
 XATTR_DIGEST: Final = b"user.blobfs.digest"
 XATTR_SOURCE: Final = b"user.blobfs.source"
@@ -145,7 +150,12 @@ class ArchiveFS:
     ``uid``/``gid`` replace every owner, ``umask`` clears mode bits (None: as archived).
     ``mountpoint`` is only reported (stats). The archive is not closed here: the caller owns it;
     :meth:`aclose` closes the open file objects.
+
+    ``spawn`` (the daemon's ``nursery.start_soon``) runs background work: directory prefetches.
+    Without it (or without a content cache to prefetch into) files are read one by one.
     """
+
+    spawn: Callable[[Callable[[], Awaitable[object]]], object] | None
 
     def __init__(
         self,
@@ -170,6 +180,9 @@ class ArchiveFS:
         self._handles: dict[int, _DirHandle | _FileHandle] = {}
         self._open: dict[int, Readers] = {}  # inode -> readers shared by its file handles
         self._next_fh = 1
+        self.spawn = None
+        self._dir_last: dict[int, int] = {}  # directory inode -> last file opened in it
+        self._prefetched: set[int] = set()  # directories prefetched (or judged not worth it)
         self._source_text = source.pinned.encode("utf-8", "surrogateescape")
 
     # ------------------------------------------------------------------ attributes
@@ -333,7 +346,41 @@ class ArchiveFS:
             readers = self._open[ino] = Readers(self.archive, self.archive.index.entry_at(node.pos))
         readers.refs += 1
         self.stats.opens += 1
+        if self.spawn is not None and self.archive.cache is not None:
+            self._maybe_prefetch(node)
         return self._new_handle(_FileHandle(node, readers))
+
+    def _maybe_prefetch(self, node: Node) -> None:
+        """When a second file of a directory is opened, load the directory's small files into
+        the content cache in the background, with a few coalesced range requests
+        (``Archive.aprefetch``) instead of one request per file: a program reading through a
+        directory (``cat dir/*``, ``find | xargs``, a data loader) then finds them cached. One
+        file opened alone fetches only itself (a cold read right after mount stays small).
+        Only directories without subdirectories and with at most :data:`PREFETCH_MAX_FILES`
+        files qualify (the prefetch covers a whole subtree)."""
+        parent = self._nodes.parent(node)
+        if parent.ino in self._prefetched:
+            return
+        last = self._dir_last.get(parent.ino)
+        self._dir_last[parent.ino] = node.ino
+        if last is None or last == node.ino:
+            return
+        self._prefetched.add(parent.ino)
+        del self._dir_last[parent.ino]
+        listing = self._listing(parent)
+        if listing.subdirs or len(listing) > PREFETCH_MAX_FILES:
+            return
+        assert self.spawn is not None
+        path = parent.path.decode("utf-8")
+        self.spawn(lambda: self._prefetch(path))
+
+    async def _prefetch(self, path: str) -> None:
+        try:
+            stored = await self.archive.aprefetch(path)
+        except Exception as e:  # a hint only: reading a file reports its own errors
+            logger.debug("/%s: prefetch failed: %s", path, e)
+        else:
+            logger.debug("/%s: prefetched %d files", path, stored)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` (pread: past the end is ``b""``, reads are

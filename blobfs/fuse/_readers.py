@@ -13,7 +13,12 @@ each request:
 3. otherwise the reader with the shortest queue.
 
 v1 entries (no chunk table) are verified whole on first read and then served from the file
-object's spool, so they get one reader: a second would fetch and verify the file again.
+object's spool, so they get one reader: a second would fetch and verify the file again. They are
+read with the sync file object in one worker-thread hop per request: the async file object
+hops to a thread for each step (decode, fetch, verify: three hops for a small file), and a hop
+costs more than reading and verifying a small file. Chunked entries use the async file object,
+which serves reads from its kept chunk and finished readahead groups without any hop, and
+waits for readahead without holding a thread.
 
 Concurrency: event-loop thread only (trio). Reads of one reader are serialised by its lock;
 reads of different readers run concurrently.
@@ -25,7 +30,7 @@ from typing import Final
 
 import trio
 
-from ..core import Archive, AsyncArchiveFile, Entry
+from ..core import Archive, ArchiveFile, AsyncArchiveFile, Entry
 
 __all__ = ["READERS_PER_FILE", "Readers"]
 
@@ -39,7 +44,7 @@ class _Reader:
     __slots__ = ("file", "lock", "queued", "tail")
 
     def __init__(self) -> None:
-        self.file: AsyncArchiveFile | None = None  # opened under the lock, on first use
+        self.file: AsyncArchiveFile | ArchiveFile | None = None  # opened on first use
         self.lock = trio.Lock()
         self.tail = -1  # where the last request given to this reader ends
         self.queued = 0  # requests given to it and not finished
@@ -81,7 +86,13 @@ class Readers:
             async with r.lock:
                 f = r.file
                 if f is None:
-                    f = r.file = await self._archive.aopen(self.entry.path)
+                    f = r.file = (
+                        await self._archive.aopen(self.entry.path)
+                        if self.entry.chunked
+                        else self._archive.open(self.entry.path)  # no I/O until read
+                    )
+                if isinstance(f, ArchiveFile):
+                    return await trio.to_thread.run_sync(_pread, f, offset, size)
                 if f.tell() != offset:
                     await f.seek(offset)
                 return await f.read(size)
@@ -93,6 +104,15 @@ class Readers:
         readers, self._readers = self._readers, []
         for r in readers:
             async with r.lock:
-                if r.file is not None:
-                    await r.file.aclose()
-                    r.file = None
+                f, r.file = r.file, None
+                if isinstance(f, ArchiveFile):
+                    f.close()
+                elif f is not None:
+                    await f.aclose()
+
+
+def _pread(f: ArchiveFile, offset: int, size: int) -> bytes:
+    """Read ``size`` bytes at ``offset`` of ``f`` (in a worker thread)."""
+    if f.tell() != offset:
+        f.seek(offset)
+    return f.read(size)

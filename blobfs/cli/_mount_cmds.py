@@ -1,0 +1,331 @@
+"""``blobfs mount``, ``blobfs umount``, ``blobfs status``, and the mount(8) helper form.
+
+``mount -t fuse.blobfs SOURCE MOUNTPOINT -o opts`` runs ``/sbin/mount.fuse3``, which runs
+``blobfs SOURCE MOUNTPOINT -o rw,dev,suid,opts`` (no subcommand) and waits for it to exit:
+:func:`helper_argv` turns that form into ``blobfs mount --helper ...``. The daemon itself lives
+in :mod:`blobfs.fuse`; this module builds what it mounts (the CLI is the only layer that reads
+configuration and credentials): a factory that opens the archive after the daemon detached,
+the source's name, the credential reload for SIGHUP, and the policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import errno
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..core import Archive
+from ..errors import MountError
+from ..fuse import MountOptions, SourceInfo, parse_options, unmount
+from ..registry import CredentialStore, ManifestPolicy, Reference
+from ._common import (
+    ArchiveSpec,
+    Ctx,
+    archive_and_rest,
+    check_archive_files,
+    is_url,
+    make_client,
+    open_archive,
+    open_caches,
+)
+from ._output import CliError, human_size
+
+__all__ = ["add_mount_commands", "cmd_mount", "cmd_status", "cmd_umount", "helper_argv"]
+
+STATS_XATTR = "user.blobfs.stats"
+
+MOUNT_HELP = """\
+mount options (-o, comma-separated, repeatable):
+  cache_dir=DIR     cache root for remote archives (default: as --cache-dir)
+  cache_size=SIZE   bound of each disk cache (content, blocks), e.g. 10G
+  uid=N|USER        show every file as owned by this user (default: as archived)
+  gid=N|GROUP       ... and this group
+  umask=OCTAL       clear these permission bits, e.g. 022 or 077
+  allow_other       let other users in (root, or user_allow_other in /etc/fuse.conf)
+  policy=FILE       trust policy the manifest must satisfy before anything is served
+  offline           registry metadata only from the caches
+  log_level=LEVEL   debug, info (default), warning, error
+  debug             log everything, pyfuse3 and httpx included
+  read_ahead_kb=N   kernel readahead of the mount (default 1024)
+  ro,nodev,nosuid are always in force; rw is refused. mount(8) options (_netdev, nofail,
+  noauto, x-systemd.*, defaults, dev, suid, exec, user, ...) are accepted and ignored.
+
+The command returns once the mount answers (or fails with the reason); the daemon keeps
+serving until `blobfs umount MOUNTPOINT`, SIGTERM or SIGINT. SIGHUP re-reads credentials."""
+
+Add = Callable[..., argparse.ArgumentParser]
+
+
+def add_mount_commands(add: Add) -> None:
+    """Register ``mount``, ``umount`` and ``status`` with ``build_parser``'s ``add``."""
+    p = add(
+        "mount",
+        cmd_mount,
+        "mount an archive (REF, ARCHIVE directory, or --index/--data) read-only at MOUNTPOINT",
+        "[-o OPTIONS] [--foreground] (REF | ARCHIVE | --index F|URL --data F|URL) MOUNTPOINT",
+    )
+    p.epilog = MOUNT_HELP
+    p.add_argument(
+        "positionals", nargs="*", metavar="[SOURCE] MOUNTPOINT", help="what to mount, and where"
+    )
+    p.add_argument(
+        "-o",
+        dest="mount_options",
+        action="append",
+        default=[],
+        metavar="OPTIONS",
+        help="mount options, comma-separated (see below)",
+    )
+    p.add_argument(
+        "-f",
+        "--foreground",
+        action="store_true",
+        help="serve in this process (for systemd Type=notify and debugging)",
+    )
+    p.add_argument("--helper", action="store_true", help=argparse.SUPPRESS)
+
+    p = add(
+        "umount",
+        cmd_umount,
+        "unmount a blobfs (or any FUSE) mount",
+        "[--lazy] MOUNTPOINT",
+        archive=False,
+    )
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument(
+        "-z",
+        "--lazy",
+        action="store_true",
+        help="detach now even if busy; released when the last user leaves",
+    )
+
+    p = add(
+        "status",
+        cmd_status,
+        "what a mount serves and its counters (fetched bytes, cache hit rate, errors)",
+        "[--output json] MOUNTPOINT",
+        archive=False,
+    )
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+
+
+def helper_argv(argv: Sequence[str], commands: Sequence[str]) -> list[str]:
+    """``argv`` with the mount(8) helper form ``SOURCE MOUNTPOINT [-o OPTS]...`` rewritten to
+    ``mount --helper SOURCE MOUNTPOINT [-o OPTS]...``; any other ``argv`` unchanged.
+
+    The form is recognised strictly, so a mistyped subcommand still gets argparse's message:
+    the first argument is no subcommand or option, the second an existing directory, and the
+    rest only ``-o`` options.
+    """
+    args = list(argv)
+    if len(args) < 2 or args[0].startswith("-") or args[0] in commands:
+        return args
+    if not os.path.isdir(args[1]):
+        return args
+    rest = args[2:]
+    i = 0
+    while i < len(rest):
+        if rest[i] == "-o" and i + 1 < len(rest):
+            i += 2
+        elif rest[i].startswith("-o") and len(rest[i]) > 2:
+            i += 1
+        else:
+            return args
+    return ["mount", "--helper", *args]
+
+
+# ------------------------------------------------------------------------------------- mount
+
+
+def _load_policy(path: str) -> ManifestPolicy:
+    try:
+        from ..policy import load_policy
+    except ImportError:
+        raise CliError(f"-o policy={path}: trust policies are not supported yet") from None
+    policy: ManifestPolicy = load_policy(path)
+    return policy
+
+
+def _registry_archive(
+    ref: str, ctx: Ctx, store: CredentialStore, policy: ManifestPolicy | None
+) -> Archive:
+    """A registry archive owning its client and caches (``-o cache_size`` bounds the caches)."""
+    client = make_client(ctx, credentials=store, policy=policy)
+    try:
+        cache = block_cache = None
+        if ctx.use_cache:
+            cache, block_cache = open_caches(ctx)
+        try:
+            archive = client.registry.pull(
+                Reference.parse(ref, default_tag="latest"),
+                max_file_size=ctx.max_file_size,
+                cache=cache,
+                block_cache=block_cache,
+            )
+        except BaseException:
+            for c in (cache, block_cache):
+                if c is not None:
+                    c.close()
+            raise
+    except BaseException:
+        client.close()
+        raise
+    archive.own(client)
+    for c in (cache, block_cache):
+        if c is not None:
+            archive.own(c)
+    return archive
+
+
+def _opener(
+    spec: ArchiveSpec, ctx: Ctx, store: CredentialStore | None, policy: ManifestPolicy | None
+) -> Callable[[], Archive]:
+    def open_it() -> Archive:
+        if spec.reference is not None and store is not None:
+            return _registry_archive(spec.reference, ctx, store, policy)
+        return open_archive(spec, ctx)
+
+    return open_it
+
+
+def _reloader(store: CredentialStore, ref: str) -> Callable[[], str]:
+    host = Reference.parse(ref, default_tag="latest").registry
+
+    def reload() -> str:
+        store.forget(host)
+        found = store.get(host)  # read now: a broken config is reported at once, not later
+        return f"credentials for {host} re-read ({'found' if found else 'anonymous'})"
+
+    return reload
+
+
+def cmd_mount(args: argparse.Namespace, ctx: Ctx) -> int:
+    from ..fuse import mount  # pyfuse3 and trio: only for this command
+
+    helper = bool(args.helper)
+    options: MountOptions = parse_options(args.mount_options, helper=helper)
+    spec, rest = archive_and_rest(args, args.positionals, min_rest=1, max_rest=1)
+    mountpoint = os.path.abspath(rest[0])
+    if options.cache_dir is not None:
+        ctx.cache_dir = Path(options.cache_dir)
+    ctx.cache_bytes = options.cache_size
+    ctx.offline = ctx.offline or options.offline
+    check_archive_files(spec)
+    spec = _absolute(spec)  # the daemon works from "/"
+    if spec.reference is None and options.policy is not None:
+        raise CliError(f"-o policy={options.policy}: policies apply to registry references only")
+    policy = _load_policy(options.policy) if options.policy is not None else None
+    store = CredentialStore() if spec.reference is not None else None
+    source = SourceInfo(spec.reference or spec.label)
+    quiet = helper or ctx.out.quiet or ctx.out.json
+
+    def on_ready(src: SourceInfo, where: str) -> None:
+        if not quiet:
+            sys.stdout.write(f"mounted {src.pinned} at {where}\n")
+            sys.stdout.flush()
+
+    _hand_logging_to_daemon()
+    return mount(
+        _opener(spec, ctx, store, policy),
+        mountpoint,
+        source=source,
+        options=options,
+        foreground=bool(args.foreground),
+        on_ready=on_ready,
+        reload=_reloader(store, spec.reference) if store and spec.reference else None,
+    )
+
+
+def _absolute(spec: ArchiveSpec) -> ArchiveSpec:
+    """``spec`` with local paths made absolute, so they still mean the same from the daemon's
+    working directory (``/``)."""
+    if spec.reference is not None:
+        return spec
+    directory = spec.directory.absolute() if spec.directory is not None else None
+    return dataclasses.replace(
+        spec,
+        index=spec.index if is_url(spec.index) else os.path.abspath(spec.index),
+        data=spec.data if is_url(spec.data) else os.path.abspath(spec.data),
+        directory=directory,
+        label=str(directory) if directory is not None else spec.label,
+    )
+
+
+def _hand_logging_to_daemon() -> None:
+    """The daemon logs through its own handler (``blobfs.fuse._log``); drop the command's, or
+    every line would show twice."""
+    import logging
+
+    logger = logging.getLogger("blobfs")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+
+
+# ------------------------------------------------------------------------------- umount, status
+
+
+def cmd_umount(args: argparse.Namespace, ctx: Ctx) -> int:
+    unmount(args.mountpoint, lazy=bool(args.lazy))
+    return 0
+
+
+def read_stats(mountpoint: str) -> dict[str, Any]:
+    """The ``user.blobfs.stats`` document of the mount at ``mountpoint``."""
+    try:
+        raw = os.getxattr(mountpoint, STATS_XATTR)
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.ENOTSUP):
+            raise MountError(f"{mountpoint}: not the root of a blobfs mount") from None
+        raise MountError(f"{mountpoint}: {e.strerror}") from None
+    doc = json.loads(raw)
+    if not isinstance(doc, dict):
+        raise MountError(f"{mountpoint}: unreadable {STATS_XATTR}")
+    return doc
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    parts = [f"{d}d"] if d else []
+    if d or h:
+        parts.append(f"{h}h")
+    if d or h or m:
+        parts.append(f"{m}m")
+    return " ".join([*parts, f"{s}s"])
+
+
+def cmd_status(args: argparse.Namespace, ctx: Ctx) -> int:
+    doc = read_stats(args.mountpoint)
+    out = ctx.out
+    if out.json:
+        out.emit_json(doc)
+        return 0
+    fetched = doc.get("bytes_fetched")
+    rate = doc.get("cache_hit_rate")
+    lines = [
+        ("reference", doc.get("reference")),
+        ("digest", doc.get("digest") or "-"),
+        ("mountpoint", doc.get("mountpoint")),
+        ("pid", doc.get("pid")),
+        ("uptime", _duration(float(doc.get("uptime_s") or 0))),
+        ("files", f"{doc.get('files')} in {doc.get('directories')} directories"),
+        ("read", f"{human_size(int(doc.get('bytes_read') or 0))} in {doc.get('reads')} reads"),
+        (
+            "fetched",
+            "-"
+            if fetched is None
+            else f"{human_size(int(fetched))} in {doc.get('fetch_requests')} requests",
+        ),
+        ("cache hit rate", "-" if rate is None else f"{float(rate) * 100:.1f}%"),
+        ("errors", doc.get("errors")),
+    ]
+    out.lines(f"{k + ':':<16}{v}" for k, v in lines)
+    return 0
