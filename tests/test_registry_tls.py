@@ -209,6 +209,23 @@ def test_without_the_right_ca_tls_fails_in_one_line(tls: Tls, src: Path, ca: str
         reg.fetch(ref)  # nothing reached the registry: the failed push stored no manifest
 
 
+def test_default_trust_is_loaded_at_the_first_handshake(
+    tls: Tls, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``ca_file`` the registry trusts what httpx's default would (``SSL_CERT_FILE``,
+    else certifi), read when TLS is first used, not when the client is built."""
+    ref = _loopback_ref(tls, "lib/env-ca")
+    with Registry(plain_http=False, retries=0) as reg:
+        monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca))  # after construction: still honoured
+        pushed = reg.push(ref, src)
+        with reg.pull(ref) as archive:  # the data blob's client shares the context
+            assert archive.read_file("a.txt") == FILES["a.txt"]
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls.wrong_ca))
+    with Registry(plain_http=False, retries=0) as reg, pytest.raises(RegistryError) as info:
+        reg.fetch(f"127.0.0.1:{tls.reg.port}/lib/env-ca@{pushed.digest}")
+    _one_line_tls_failure(str(info.value))
+
+
 def test_plain_http_to_an_https_registry_is_an_error_not_a_fallback(tls: Tls, src: Path) -> None:
     ref = _loopback_ref(tls, "lib/plain")
     for reg in (Registry(plain_http=True, retries=0), Registry(retries=0)):  # loopback -> http

@@ -26,6 +26,7 @@ from ._manifest import DOCKER_MANIFEST_LIST, DOCKER_MANIFEST_V2, OCI_INDEX, OCI_
 from ._mirrors import MirrorSpec, normalize_mirrors
 from ._policy_hook import ManifestPolicy
 from ._reference import Reference, scheme_for
+from ._tls import default_context
 from .cache import RegistryCaches
 
 __all__ = ["ReferenceLike", "Transport", "parse_ref", "redact"]
@@ -161,7 +162,10 @@ class Transport:
         self._timeout = timeout
         self._retries = retries
         self._backoff = backoff
-        self._verify: ssl.SSLContext | bool = True
+        # One context for the API client and every pulled archive's client; without a CA file
+        # it loads httpx's default bundle at the first TLS handshake (see _tls.py: building it
+        # per client dominated a cold read).
+        self._verify: ssl.SSLContext = default_context()
         if ca_file is not None:
             # Read now: a missing bundle is an error here, not at the first HTTPS request.
             self._verify = ssl.create_default_context(cafile=os.fspath(ca_file))
