@@ -312,16 +312,19 @@ def test_xattrs(fs: ArchiveFS, tree: tuple[Path, dict[str, bytes]]) -> None:
     assert fs.listxattr(ROOT_INO) == [b"user.blobfs.source", b"user.blobfs.stats"]
     assert fs.listxattr(f.ino) == [b"user.blobfs.source", b"user.blobfs.digest"]
     assert fs.listxattr(d.ino) == [b"user.blobfs.source"]
-    for ino, name in (
-        (d.ino, b"user.blobfs.digest"),
-        (f.ino, b"user.blobfs.stats"),
-        (f.ino, b"security.selinux"),
-        (ROOT_INO, b"system.posix_acl_access"),
-        (ROOT_INO, b""),
+    for ino, name, code in (
+        (d.ino, b"user.blobfs.digest", errno.ENODATA),
+        (f.ino, b"user.blobfs.stats", errno.ENODATA),
+        (f.ino, b"user.other", errno.ENODATA),
+        # Other namespaces are not supported at all (ls -l then stops asking).
+        (f.ino, b"security.selinux", errno.EOPNOTSUPP),
+        (ROOT_INO, b"system.posix_acl_access", errno.EOPNOTSUPP),
+        (ROOT_INO, b"trusted.x", errno.EOPNOTSUPP),
+        (ROOT_INO, b"", errno.EOPNOTSUPP),
     ):
         with pytest.raises(FsError) as info:
             fs.getxattr(ino, name)
-        assert info.value.errno == errno.ENODATA
+        assert info.value.errno == code
 
 
 # ------------------------------------------------------------------------------------- reads
@@ -703,3 +706,19 @@ async def test_reading_through_a_directory_prefetches_it(
             fh = fs.open(_ino(fs, path), os.O_RDONLY)
             assert await fs.read(fh, 0, len(data) + 1) == data
             await fs.release(fh)
+
+
+@pytest.mark.trio
+async def test_an_empty_archive_mounts_as_an_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    create_blob(tmp_path / "src", tmp_path / "out").close()
+    with open_file(tmp_path / "out/index.blob", tmp_path / "out/data.blob") as archive:
+        fs = ArchiveFS(archive, SourceInfo("empty"))
+        root = fs.getattr(ROOT_INO)
+        assert stat.S_ISDIR(root.mode)
+        assert root.nlink == 2
+        fh = fs.opendir(ROOT_INO)
+        assert [n for n, _, _ in fs.readdir(fh, 0)] == [b".", b".."]
+        assert fs.lookup(ROOT_INO, b"x") is None
+        assert fs.statfs().files == 1
+        assert json.loads(fs.getxattr(ROOT_INO, b"user.blobfs.stats"))["files"] == 0

@@ -220,7 +220,10 @@ class _Daemon:
         opts = self.options
         tune_mount(self.mountpoint, opts.read_ahead_kb, opts.max_background)
         if self.on_ready is not None:
-            self.on_ready(source, self.mountpoint)
+            try:
+                self.on_ready(source, self.mountpoint)
+            except Exception as e:  # e.g. stdout closed: the mount itself is fine
+                logger.warning("%s: could not announce the mount: %s", self.mountpoint, e)
         notify_ready(f"serving {source.pinned} at {self.mountpoint}")
         self.ready = True
         if self.pipe is not None:

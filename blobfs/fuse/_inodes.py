@@ -19,7 +19,7 @@ not grow with what was looked up.
 from __future__ import annotations
 
 import errno
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from ..core import Index
 from ._errno import FsError
@@ -131,7 +131,7 @@ class Listing:
     is the same on every listing of the directory (readdir offsets rely on that).
     """
 
-    __slots__ = ("_depth_bits", "_prefix", "dirs", "names", "positions", "subdirs")
+    __slots__ = ("_depth_bits", "_prefix", "attrs", "dirs", "names", "positions", "subdirs")
 
     def __init__(
         self, names: list[bytes], positions: list[int], dirs: list[bool], parent: Node
@@ -142,9 +142,15 @@ class Listing:
         self.subdirs = dirs.count(True)
         self._prefix = parent.path + b"/" if parent.path else b""
         self._depth_bits = (parent.depth + 1) << _DIR_SHIFT
+        self.attrs: list[Any] = [None] * len(names)
+        """Per child: its attributes once the file system made them (``_fs.py``), else None."""
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def ino(self, i: int) -> int:
+        p = self.positions[i]
+        return self._depth_bits | p if self.dirs[i] else _FILE_BASE + p
 
     def node(self, i: int) -> Node:
         p = self.positions[i]

@@ -14,7 +14,8 @@ each request:
 
 v1 entries (no chunk table) are verified whole on first read and then served from the file
 object's spool, so they get one reader: a second would fetch and verify the file again. They are
-read with the sync file object in one worker-thread hop per request: the async file object
+read with the sync file object in one worker-thread hop per request (none for small files of a
+local archive, see :data:`INLINE_MAX`): the async file object
 hops to a thread for each step (decode, fetch, verify: three hops for a small file), and a hop
 costs more than reading and verifying a small file. Chunked entries use the async file object,
 which serves reads from its kept chunk and finished readahead groups without any hop, and
@@ -30,9 +31,15 @@ from typing import Final
 
 import trio
 
-from ..core import Archive, ArchiveFile, AsyncArchiveFile, Entry
+from ..core import Archive, ArchiveFile, AsyncArchiveFile, Entry, FileSource
 
 __all__ = ["READERS_PER_FILE", "Readers"]
+
+INLINE_MAX: Final = 64 << 10
+"""A file of a local archive up to this size (content and payload) is read and verified on the
+event loop itself: a ``pread`` of the page cache and SHA-256 of 64 KiB take tens of
+microseconds, less than the hop to a worker thread they would otherwise pay (and a program
+reading many small files pays it per file)."""
 
 READERS_PER_FILE: Final = 4
 """File objects per open inode: four random readers of one file proceed in parallel (each
@@ -54,12 +61,17 @@ class Readers:
     """The file objects serving one inode (see the module docstring); shared by all handles
     open on it, closed when the last one is released."""
 
-    __slots__ = ("_archive", "_readers", "entry", "limit", "refs")
+    __slots__ = ("_archive", "_inline", "_readers", "entry", "limit", "refs")
 
     def __init__(self, archive: Archive, entry: Entry, limit: int = READERS_PER_FILE) -> None:
         self._archive = archive
         self.entry = entry
         self.limit = limit if entry.chunked else 1
+        self._inline = (
+            isinstance(archive.source, FileSource)
+            and not entry.chunked
+            and max(entry.original_size, entry.data_size) <= INLINE_MAX
+        )
         self._readers: list[_Reader] = []
         self.refs = 0
 
@@ -92,6 +104,9 @@ class Readers:
                         else self._archive.open(self.entry.path)  # no I/O until read
                     )
                 if isinstance(f, ArchiveFile):
+                    if self._inline:
+                        await trio.lowlevel.checkpoint()
+                        return _pread(f, offset, size)
                     return await trio.to_thread.run_sync(_pread, f, offset, size)
                 if f.tell() != offset:
                     await f.seek(offset)
