@@ -18,7 +18,9 @@ auth. ``proxy_of="http://127.0.0.1:PORT"`` runs it as a pull-through cache of th
 probe, ``push_blob``) do not verify the certificate, the clients under test must.
 ``bind="127.0.1.1"`` listens on another loopback address (default ``127.0.0.1``), for a host
 name that resolves there. ``reg.stop()`` stops the registry early (to simulate an outage);
-``push_blob`` is for registries without auth. ``docker-registry`` comes from the project's
+``reg.restart()`` starts it again on the same port with the same storage; ``reg.pause()`` /
+``reg.resume()`` freeze and thaw it (a hung server). ``push_blob`` is for
+registries without auth. ``docker-registry`` comes from the project's
 set-up (``scripts/setup.sh``); without it the fixture skips.
 """
 
@@ -26,13 +28,14 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -59,6 +62,7 @@ class LocalRegistry:
         self.base_url = base_url
         self._http = httpx.Client(timeout=30, verify=verify)
         self._proc = proc
+        self._restart_with: tuple[list[str], Any] = ([], None)
 
     @property
     def host(self) -> str:
@@ -73,12 +77,49 @@ class LocalRegistry:
         """Stop the registry process now (and wait for it); idempotent."""
         if self._proc is None or self._proc.poll() is not None:
             return
+        self.resume()  # a frozen process would not act on SIGTERM
         self._proc.terminate()
         try:
             self._proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+
+    def pause(self) -> None:
+        """Freeze the registry process (SIGSTOP): connections are accepted by the kernel but
+        never answered, as with a hung server. :meth:`resume` (SIGCONT) thaws it."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._proc.send_signal(signal.SIGSTOP)
+        # The stop lands asynchronously (each thread of the Go runtime stops on its next trip
+        # through the kernel): wait until /proc says the process is stopped.
+        stat = Path(f"/proc/{self._proc.pid}/stat")
+        deadline = time.monotonic() + _START_TIMEOUT
+        while stat.read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("docker-registry did not stop on SIGSTOP")
+            time.sleep(0.01)
+
+    def resume(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
+
+    def restart(self) -> None:
+        """Start the registry again after :meth:`stop`: same port, same storage, same config
+        (a registry restarted under its clients); waits until it answers."""
+        argv, log = self._restart_with
+        self.stop()
+        self._proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + _START_TIMEOUT
+        while True:
+            try:
+                if self._http.get(f"{self.base_url}/v2/", timeout=1).status_code in (200, 401):
+                    return
+            except httpx.TransportError:
+                pass
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("docker-registry did not restart (port taken?)")
+            time.sleep(0.05)
 
     def push_blob(self, repo: str, data: bytes) -> str:
         """Upload ``data`` as a blob of ``repo`` (POST then one PUT); return its digest."""
@@ -160,6 +201,7 @@ def local_registry(
     proc = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
     base = f"{'https' if tls is not None else 'http'}://{bind}:{port}"
     reg = LocalRegistry(base, proc, verify=tls is None)
+    reg._restart_with = ([exe, "serve", str(config)], log)
     try:
         deadline = time.monotonic() + _START_TIMEOUT
         while True:

@@ -40,6 +40,8 @@ __all__ = ["TokenRequest", "TokenServer"]
 
 SERVICE = "blobfs-test-registry"
 ISSUER = "blobfs-test-token-server"
+REGISTRY_LEEWAY = 60
+"""Seconds past ``exp`` distribution 2.8 still accepts a token (registry/auth/token)."""
 
 
 def _b64(data: bytes) -> str:
@@ -70,6 +72,10 @@ class TokenServer:
         self.expired = False
         self.delay = 0.0
         """Seconds each token answer waits before it is sent (to overlap concurrent requests)."""
+        self.real_lifetime: float | None = None
+        """When set, tokens the registry accepts for only about this many seconds (their
+        ``exp`` is placed that far beyond the registry's 60 s leeway), whatever ``expires_in``
+        announces: a client's cached token then expires under it."""
         self.service = SERVICE
         self.issuer = ISSUER
         self.requests: list[TokenRequest] = []
@@ -124,6 +130,8 @@ class TokenServer:
                 access.append({"type": kind, "name": name, "actions": actions.split(",")})
         now = int(time.time())
         exp = now - 120 if self.expired else now + self.expires_in
+        if self.real_lifetime is not None and not self.expired:
+            exp = now - REGISTRY_LEEWAY + int(self.real_lifetime)
         claims = {
             "iss": self.issuer,
             "sub": user or "",

@@ -18,7 +18,6 @@ import httpx
 
 from ..core import Archive, Index
 from ..core.cache import BlockCache, Cache
-from ..core.http import DEFAULT_RETRIES as SOURCE_RETRIES
 from ..core.http import HttpSource
 from ..errors import DigestMismatch, InvalidManifest, RegistryError
 from ._failover import FailoverSource
@@ -316,7 +315,9 @@ class Reads(Transport):
         )
         try:
             sources = []
-            for i, b in enumerate(candidates):
+            # Mirrors get the data source's full retries too: a pull-through cache answers 5xx
+            # for a while when it is still filling a blob from upstream.
+            for b in candidates:
                 sources.append(
                     HttpSource(
                         f"{b}/blobs/{data.digest}",
@@ -324,8 +325,6 @@ class Reads(Transport):
                         source_id=data.digest,
                         client=http,
                         timeout=self._timeout,
-                        # A mirror gets one attempt: the next candidate is the retry.
-                        retries=SOURCE_RETRIES if i == len(candidates) - 1 else 0,
                     )
                 )
             return RemoteArchive(

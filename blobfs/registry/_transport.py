@@ -126,6 +126,19 @@ def transient(exc: RegistryError) -> bool:
     return exc.status in RETRY_STATUS or isinstance(exc.__context__, httpx.TransportError)
 
 
+def retry_delay(backoff: float, attempt: int, retry_after: str | None) -> float:
+    """Seconds to wait before retry ``attempt + 1``: ``backoff * 2**attempt``, or the server's
+    ``Retry-After`` in seconds (an HTTP date or garbage is ignored) capped at
+    :data:`MAX_RETRY_AFTER`."""
+    delay = backoff * (1 << attempt)
+    if retry_after is not None:
+        with contextlib.suppress(ValueError):
+            asked = float(retry_after)
+            if asked == asked:  # not NaN
+                delay = max(0.0, min(asked, MAX_RETRY_AFTER))
+    return delay
+
+
 class Transport:
     """Settings and requests of a registry client; see :class:`~blobfs.registry.Registry`
     for the meaning of each argument (``chunk_size`` is for uploads, ``policy`` for fetches:
@@ -306,18 +319,16 @@ class Transport:
                 )
                 self._sleep(attempt, r.headers.get("Retry-After"))
                 continue
-            raise self._error(what, url, r)
+            raise self._error(what, url, r, attempt + 1)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _sleep(self, attempt: int, retry_after: str | None) -> None:
-        delay = self._backoff * (2**attempt)
-        if retry_after is not None:
-            with contextlib.suppress(ValueError):
-                delay = max(0.0, min(float(retry_after), MAX_RETRY_AFTER))
-        time.sleep(delay)
+        time.sleep(retry_delay(self._backoff, attempt, retry_after))
 
     @staticmethod
-    def _error(what: str, url: httpx.URL | str, r: httpx.Response) -> RegistryError:
+    def _error(
+        what: str, url: httpx.URL | str, r: httpx.Response, attempts: int = 1
+    ) -> RegistryError:
         detail = ""
         with contextlib.suppress(Exception):
             errors = json.loads(r.content).get("errors") or []
@@ -327,6 +338,8 @@ class Transport:
         text = f"{what}: {r.request.method} {redact(url)}: HTTP {r.status_code}"
         if detail:
             text += f" ({detail[:200]})"
+        if attempts > 1:
+            text += f", after {attempts} attempts"
         if r.status_code == 404:
             return RegistryNotFound(text, status=404)
         return RegistryError(text, status=r.status_code)
