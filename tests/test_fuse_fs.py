@@ -8,6 +8,7 @@ errno mapping is checked for every kind of error. Real mounts are in tests/test_
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
 import os
@@ -722,3 +723,26 @@ async def test_an_empty_archive_mounts_as_an_empty_directory(tmp_path: Path) -> 
         assert fs.lookup(ROOT_INO, b"x") is None
         assert fs.statfs().files == 1
         assert json.loads(fs.getxattr(ROOT_INO, b"user.blobfs.stats"))["files"] == 0
+
+
+def test_counting_source_and_cache(archive_dir: Path, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from blobfs.core import FileSource
+    from blobfs.core.cache import MemoryCache
+    from blobfs.fuse._counting import CountingCache, CountingSource, FetchCounter
+
+    src = FetchCounter().wrap(FileSource(archive_dir / "data.blob"))
+    assert isinstance(src, CountingSource)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: src.read_at(i, 10), range(200)))
+    assert src.stats.source_requests == 200
+    assert src.stats.source_bytes == 2000
+    src.close()
+    cache = CountingCache(MemoryCache())
+    assert cache.get(b"\x01" * 32) is None
+    cache.put(b"\x01" * 32, io.BytesIO(b"data"))
+    f = cache.get(b"\x01" * 32)
+    assert f is not None
+    f.close()
+    assert (cache.hits, cache.misses) == (1, 1)

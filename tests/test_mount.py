@@ -597,3 +597,29 @@ def test_registry_with_credentials(tmp_path: Path, sample: tuple[Path, dict[str,
         assert bad.returncode == 1
         assert bad.stderr.startswith("blobfs: error: ")
         assert bad.stderr.count("\n") == 1
+
+
+def test_cold_reads_fetch_only_what_they_need(
+    tmp_path: Path, registry: tuple[LocalRegistry, Path], sample: tuple[Path, dict[str, bytes]]
+) -> None:
+    """A cold small file costs its payload and nothing more; a second mount over the same
+    cache directory fetches nothing for it (the verified content is cached)."""
+    reg, _ = registry
+    archive, files = sample
+    ref = f"{reg.host}/sample/data:v1"
+    with Registry() as client:
+        client.push(ref, archive)
+    payload = Index((archive / "index.blob").read_bytes()).entry("text/hello.txt").data_size
+    cache = ["cache_dir=" + os.fspath(tmp_path / "shared-cache")]
+    with mounted([ref], tmp_path / "mnt1", options=cache) as m:
+        assert m.stats()["bytes_fetched"] == 0
+        assert (m.path / "text/hello.txt").read_bytes() == files["text/hello.txt"]
+        stats = m.stats()
+        assert (stats["bytes_fetched"], stats["fetch_requests"]) == (payload, 1)
+        assert stats["cache_hits"] == 0
+    with mounted([ref], tmp_path / "mnt2", options=cache) as m:
+        assert (m.path / "text/hello.txt").read_bytes() == files["text/hello.txt"]
+        stats = m.stats()
+        assert stats["bytes_fetched"] == 0
+        assert stats["cache_hits"] >= 1
+        assert stats["cache_hit_rate"] > 0

@@ -21,18 +21,21 @@ from pathlib import Path
 from typing import Any
 
 from ..core import Archive
+from ..core.cache.disk import DiskCache
 from ..errors import MountError
 from ..fuse import MountOptions, SourceInfo, parse_options, unmount
+from ..fuse._counting import CountingCache, FetchCounter
 from ..registry import CredentialStore, ManifestPolicy, Reference
 from ._common import (
+    CONTENT_CACHE_BYTES,
     ArchiveSpec,
     Ctx,
     archive_and_rest,
+    cache_root,
     check_archive_files,
     is_url,
     make_client,
     open_archive,
-    open_caches,
 )
 from ._output import CliError, human_size
 
@@ -155,31 +158,32 @@ def _load_policy(path: str) -> ManifestPolicy:
 def _registry_archive(
     ref: str, ctx: Ctx, store: CredentialStore, policy: ManifestPolicy | None
 ) -> Archive:
-    """A registry archive owning its client and caches (``-o cache_size`` bounds the caches)."""
+    """A registry archive owning its client and content cache. No block cache: the mount
+    keeps verified files and chunks, which is all it ever reads (see blobfs.fuse._counting);
+    ``-o cache_size`` bounds the content cache."""
     client = make_client(ctx, credentials=store, policy=policy)
+    cache = None
     try:
-        cache = block_cache = None
         if ctx.use_cache:
-            cache, block_cache = open_caches(ctx)
-        try:
-            archive = client.registry.pull(
-                Reference.parse(ref, default_tag="latest"),
-                max_file_size=ctx.max_file_size,
-                cache=cache,
-                block_cache=block_cache,
+            cache = CountingCache(
+                DiskCache(
+                    cache_root(ctx) / "content", max_bytes=ctx.cache_bytes or CONTENT_CACHE_BYTES
+                )
             )
-        except BaseException:
-            for c in (cache, block_cache):
-                if c is not None:
-                    c.close()
-            raise
+        archive = client.registry.pull(
+            Reference.parse(ref, default_tag="latest"),
+            max_file_size=ctx.max_file_size,
+            cache=cache,
+            block_cache=FetchCounter(),
+        )
     except BaseException:
+        if cache is not None:
+            cache.close()
         client.close()
         raise
     archive.own(client)
-    for c in (cache, block_cache):
-        if c is not None:
-            archive.own(c)
+    if cache is not None:
+        archive.own(cache)
     return archive
 
 

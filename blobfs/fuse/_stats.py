@@ -56,14 +56,18 @@ class MountStats:
     ) -> dict[str, Any]:
         """The JSON document of ``user.blobfs.stats``.
 
-        ``bytes_fetched`` (data blob bytes read from the origin) and the block-cache figures
-        come from the archive's block cache, when it has one (remote archives); they are null
-        otherwise. ``cache_hit_rate`` is the share of data-blob blocks served from that cache.
+        ``bytes_fetched``/``fetch_requests``: data-blob bytes and requests that reached the
+        origin (from the archive's counting source or block cache; null when neither counts,
+        as for a local archive). ``cache_hits``/``cache_misses``/``cache_hit_rate``: lookups
+        of the content cache when it counts them (mounted registry archives), else of the
+        block cache; null without either.
         """
         index = archive.index
-        block_stats = getattr(archive.source, "stats", None)
-        hits = getattr(block_stats, "hits", None)
-        misses = getattr(block_stats, "misses", None)
+        fetch = getattr(archive.source, "stats", None)
+        cache = archive.cache
+        counted = cache if hasattr(cache, "hits") else fetch
+        hits = getattr(counted, "hits", None)
+        misses = getattr(counted, "misses", None)
         rate = None
         if isinstance(hits, int) and isinstance(misses, int) and hits + misses:
             rate = round(hits / (hits + misses), 4)
@@ -82,8 +86,8 @@ class MountStats:
             "reads": self.reads,
             "bytes_read": self.bytes_read,
             "errors": self.errors,
-            "bytes_fetched": getattr(block_stats, "source_bytes", None),
-            "fetch_requests": getattr(block_stats, "source_requests", None),
+            "bytes_fetched": getattr(fetch, "source_bytes", None),
+            "fetch_requests": getattr(fetch, "source_requests", None),
             "cache_hits": hits,
             "cache_misses": misses,
             "cache_hit_rate": rate,
