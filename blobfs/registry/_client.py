@@ -58,17 +58,16 @@ class Registry(Artifacts):
       ``host[:port]`` or ``(location, insecure)`` pairs (see
       :func:`blobfs.registry._mirrors.parse_mirrors`). A mirror serves the same repository
       paths (pull-through cache). Any failure of a mirror (connection error, 5xx, 404, auth,
-      digest mismatch) falls through to the next one, then to the registry itself; mirrors get
-      one attempt each (no retries: the upstream is the fallback). Pushes, tag and referrers
-      always go to the registry itself. Digests are verified whoever served the content. A
-      pulled archive's data reads fail over the same way while it is open (a mirror that dies
-      is skipped for a while, see :mod:`blobfs.registry._failover`).
-
+      digest mismatch) falls through to the next one, then to the registry itself; for API
+      calls mirrors get one attempt each (no retries: the upstream is the fallback). Pushes,
+      tag and referrers always go to the registry itself. Digests are verified whoever served
+      the content. A pulled archive's data reads fail over the same way while it is open,
+      after the data source's own retries (a mirror that dies is skipped for 30 s, see
+      :mod:`blobfs.registry._failover`).
     - ``ca_file``: a PEM bundle of CA certificates to verify registry TLS certificates
       against (instead of the system's), for the API client and the data-blob clients of
       pulled archives; not used with ``client`` (whose TLS settings stay its own) except for
       pulled archives. A missing or unreadable file raises :class:`OSError` at construction.
-
     - ``policy``: a :class:`~blobfs.registry.ManifestPolicy` evaluated by :meth:`fetch` (so by
       :meth:`pull` and :meth:`inspect`) once the manifest digest is verified and before any
       index is fetched or used, on cache hits and offline too; its
