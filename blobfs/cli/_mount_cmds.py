@@ -46,7 +46,7 @@ STATS_XATTR = "user.blobfs.stats"
 MOUNT_HELP = """\
 mount options (-o, comma-separated, repeatable):
   cache_dir=DIR     cache root for remote archives (default: as --cache-dir)
-  cache_size=SIZE   bound of each disk cache (content, blocks), e.g. 10G
+  cache_size=SIZE   bound of the content cache (default 1G), e.g. 10G
   uid=N|USER        show every file as owned by this user (default: as archived)
   gid=N|GROUP       ... and this group
   umask=OCTAL       clear these permission bits, e.g. 022 or 077
@@ -56,6 +56,8 @@ mount options (-o, comma-separated, repeatable):
   log_level=LEVEL   debug, info (default), warning, error
   debug             log everything, pyfuse3 and httpx included
   read_ahead_kb=N   kernel readahead of the mount (default 1024)
+  max_background=N  kernel requests in flight to the daemon (default 64)
+  noexec            no program may be executed from the mount
   ro,nodev,nosuid are always in force; rw is refused. mount(8) options (_netdev, nofail,
   noauto, x-systemd.*, defaults, dev, suid, exec, user, ...) are accepted and ignored.
 
@@ -73,7 +75,7 @@ def add_mount_commands(add: Add) -> None:
         "mount an archive (REF, ARCHIVE directory, or --index/--data) read-only at MOUNTPOINT",
         "[-o OPTIONS] [--foreground] (REF | ARCHIVE | --index F|URL --data F|URL) MOUNTPOINT",
     )
-    p.epilog = MOUNT_HELP
+    p.epilog = f"{MOUNT_HELP}\n\n{p.epilog or ''}".rstrip()
     p.add_argument(
         "positionals", nargs="*", metavar="[SOURCE] MOUNTPOINT", help="what to mount, and where"
     )
