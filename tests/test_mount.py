@@ -623,3 +623,14 @@ def test_cold_reads_fetch_only_what_they_need(
         assert stats["bytes_fetched"] == 0
         assert stats["cache_hits"] >= 1
         assert stats["cache_hit_rate"] > 0
+
+
+def test_kernel_tuning_is_applied(tmp_path: Path, sample: tuple[Path, dict[str, bytes]]) -> None:
+    from blobfs.fuse._sysfs import mount_tuning
+
+    archive, _ = sample
+    with mounted([os.fspath(archive)], tmp_path / "mnt", options=["read_ahead_kb=2048"]) as m:
+        tuning = mount_tuning(os.fspath(m.path))
+        assert tuning is not None
+        assert tuning.read_ahead_kb == 2048
+        assert tuning.max_background == 64

@@ -40,7 +40,7 @@ from ._notify import notify_ready, notify_status, notify_stopping
 from ._ops import Operations
 from ._options import MountOptions, check_allow_other
 from ._stats import SourceInfo
-from ._sysfs import tune_mount
+from ._sysfs import ensure_fusectl, tune_mount
 
 __all__ = ["READY_TIMEOUT", "mount"]
 
@@ -218,6 +218,10 @@ class _Daemon:
             pyfuse3.terminate()
             return
         opts = self.options
+        if os.geteuid() == 0:
+            # The per-connection limits live in fusectl, which systemd mounts at boot; where
+            # nothing did (containers, this kind of test machine), mount it (a child process).
+            await trio.to_thread.run_sync(ensure_fusectl)
         tune_mount(self.mountpoint, opts.read_ahead_kb, opts.max_background)
         if self.on_ready is not None:
             try:
