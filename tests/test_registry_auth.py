@@ -449,7 +449,7 @@ async def test_async_client_shares_the_flow(token_registry: LocalRegistry, ts: T
 
 def test_scope_actions_are_canonical() -> None:
     """distribution lists actions in map order; one grant must be one cache key."""
-    from blobfs.registry._auth import canonical_scope
+    from blobfs.registry._challenges import canonical_scope
 
     assert canonical_scope("repository:a/b:push,pull") == "repository:a/b:pull,push"
     assert canonical_scope("repository:a:pull,push") == "repository:a:pull,push"

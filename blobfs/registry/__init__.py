@@ -18,9 +18,9 @@ Public API::
 
 from __future__ import annotations
 
-from ._auth import Challenge as Challenge
 from ._auth import RegistryAuth as RegistryAuth
-from ._auth import parse_challenges as parse_challenges
+from ._challenges import Challenge as Challenge
+from ._challenges import parse_challenges as parse_challenges
 from ._client import Inspection as Inspection
 from ._client import Registry as Registry
 from ._client import RemoteArchive as RemoteArchive
