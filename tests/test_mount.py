@@ -634,3 +634,19 @@ def test_kernel_tuning_is_applied(tmp_path: Path, sample: tuple[Path, dict[str, 
         assert tuning is not None
         assert tuning.read_ahead_kb == 2048
         assert tuning.max_background == 64
+
+
+def test_blobs_by_url(tmp_path: Path) -> None:
+    """``--index URL --data URL``: range requests to a plain HTTP server, through the caches."""
+    from tests._servers import serve_blobs
+
+    fixture = FIXTURES / "mixed-zstd"
+    blobs = {n: (fixture / n).read_bytes() for n in ("index.blob", "data.blob")}
+    with serve_blobs(blobs) as server:
+        source = ["--index", server.url("index.blob"), "--data", server.url("data.blob")]
+        with mounted(source, tmp_path / "mnt") as m:
+            _check_tree(m.path, _expected("mixed"))
+            stats = m.stats()
+            assert stats["reference"] == f"{server.url('index.blob')} + {server.url('data.blob')}"
+            assert stats["bytes_fetched"] > 0
+            assert stats["errors"] == 0
