@@ -650,3 +650,39 @@ def test_blobs_by_url(tmp_path: Path) -> None:
             assert stats["reference"] == f"{server.url('index.blob')} + {server.url('data.blob')}"
             assert stats["bytes_fetched"] > 0
             assert stats["errors"] == 0
+
+
+def test_trust_policy_is_checked_before_anything_is_served(
+    tmp_path: Path, registry: tuple[LocalRegistry, Path], sample: tuple[Path, dict[str, bytes]]
+) -> None:
+    reg, _ = registry
+    archive, files = sample
+    ref = f"{reg.host}/sample/data:v1"
+    with Registry() as client:
+        client.push(ref, archive)
+    subprocess.run(
+        [*BLOBFS, "keygen", os.fspath(tmp_path / "release")],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "BLOBFS_KEY_PASSWORD": ""},
+    )
+    rule = f'[[rules]]\nmatch = ["{reg.host}/sample/*"]\n'
+    rule += f'[rules.signature]\nkeys = ["{tmp_path / "release.pub"}"]\n'
+    deny = tmp_path / "deny.toml"
+    deny.write_text("version = 1\n" + rule)  # wants a signature the archive does not have
+    allow = tmp_path / "allow.toml"
+    allow.write_text('version = 1\nunmatched = "allow"\n' + rule.replace("sample/*", "other/*"))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run(
+        [*BLOBFS, "mount", ref, os.fspath(mnt), "-o", f"policy={deny}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0
+    assert "refused" in r.stderr
+    assert r.stderr.count("\n") == 1
+    assert not is_mounted(mnt)
+    with mounted([ref], mnt, options=[f"policy={allow}"]) as m:
+        assert (m.path / "text/hello.txt").read_bytes() == files["text/hello.txt"]
