@@ -196,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child-index", nargs=2, metavar=("PATH", "N"))
     parser.add_argument("--child-stream", nargs=2, metavar=("URL", "PATH"))
     parser.add_argument("--child-registry", nargs=3, metavar=("KIND", "REF", "ARG"))
-    parser.add_argument("--only", choices=["index", "create", "http", "registry"])
+    parser.add_argument(
+        "--only", choices=["index", "create", "http", "registry", "policy", "mount"]
+    )
     parser.add_argument("--quick", action="store_true", help="smaller inputs")
     args = parser.parse_args(argv)
     if args.child_index:
@@ -280,6 +282,23 @@ def main(argv: list[str] | None = None) -> int:
         from tests import bench_registry
 
         rows += bench_registry.rows(bench_dir(), args.quick)
+    if args.only in (None, "policy"):
+        from tests import bench_policy
+
+        step("trust policies: evaluation added to a pull")
+        for name, ms in bench_policy.rows():
+            target = "< 50 ms" if name.startswith("+ all four") else ""
+            rows.append(
+                (
+                    f"policy: {name.replace(' (ms)', '').replace(' (ms added)', '')}",
+                    f"{ms:.1f} ms" + (" added" if "added" in name else ""),
+                    target,
+                )
+            )
+    if args.only in (None, "mount"):
+        from tests import bench_mount
+
+        rows += bench_mount.run(bench_dir(), args.quick, step)
     print(table(rows))
     return 0
 
