@@ -187,6 +187,40 @@ def test_token_expiry_mid_read_is_refreshed(
             assert token not in caplog.text
 
 
+def test_token_expiry_mid_push_resends_the_chunk(tmp_path: Path) -> None:
+    """A chunked upload outlives its token: the registry's 401 on a PATCH makes the flow fetch a
+    new token and send the same chunk again (bodies are re-iterable, not one-shot streams); the
+    registry's digest check of the finished upload proves the bytes are whole."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(3 << 20))
+    with (
+        TokenServer(tmp_path / "tokens", users={"alice": "pw-Secret1"}) as ts,
+        local_registry(tmp_path / "reg", token=ts) as reg,
+    ):
+        store = CredentialStore(
+            {reg.host: Credentials("alice", "pw-Secret1")}, docker_config=False, auth_file=False
+        )
+        ts.real_lifetime = 2  # announced: 300 s
+        slept: list[int] = []
+
+        def progress(digest: str, done: int, total: int) -> None:
+            if 0 < done < total and not slept:  # after the data blob's first chunk
+                slept.append(done)
+                time.sleep(3)  # the cached token is now refused by the registry
+
+        with Registry(auth=RegistryAuth(store), retries=0, chunk_size=1 << 20) as client:
+            hits = ts.hits
+            pushed = client.push(
+                f"{reg.host}/team/up:v1", src, compression=Compression.NONE, progress=progress
+            )
+            assert slept
+            assert ts.hits > hits + 1  # a token was fetched again mid-upload
+            with client.pull(f"{reg.host}/team/up:v1") as archive:
+                assert archive.manifest.digest == pushed.digest
+                assert archive.read_file("big.bin") == (src / "big.bin").read_bytes()
+
+
 # ------------------------------------------------------------------ real registry: storage
 
 

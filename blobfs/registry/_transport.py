@@ -16,7 +16,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 import httpx
@@ -254,7 +254,7 @@ class Transport:
         url: httpx.URL | str,
         *,
         headers: Mapping[str, str] | None = None,
-        content: bytes | None = None,
+        content: bytes | Iterable[bytes] | None = None,
         ok: Sequence[int] = (200,),
         allow: Sequence[int] = (),
         retry: bool = True,
