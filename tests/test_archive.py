@@ -44,6 +44,7 @@ from blobfs.core import (
 from blobfs.core._aio import run_sync_in_thread
 from blobfs.core._decode import MAX_FETCH, PayloadDecoder
 from blobfs.core._file import SPOOL_MEMORY
+from blobfs.core._prefetch import GROUP_BYTES
 from blobfs.errors import (
     CorruptIndex,
     FileTooLarge,
@@ -420,7 +421,7 @@ def test_one_chunk_of_a_large_file_reads_one_chunk() -> None:
     src.reads.clear()
     with archive.open("big.bin") as f:
         assert f.read() == content
-    assert all(n <= MAX_FETCH for _, n in src.reads)
+    assert all(n <= GROUP_BYTES for _, n in src.reads)
     assert sum(n for _, n in src.reads) == size
 
 

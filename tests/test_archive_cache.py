@@ -572,7 +572,9 @@ def check_sequential_fetches(built: Built, src: CountingSource) -> None:
     assert sum(n for _, n in reads) == e.data_size  # every payload byte once, nothing more
     assert len(reads) <= 10, reads
     if e.compression == Compression.NONE:
-        assert sum(n >= 4 * MiB for _, n in reads) >= len(reads) - 2, reads
+        # Small requests only where a window starts (1, 2, 4 MiB: the reader waits for them)
+        # and at the end of the file.
+        assert sum(n >= 4 * MiB for _, n in reads) >= len(reads) - 4, reads
 
 
 @pytest.mark.parametrize("read_size", [MiB, 128 << 10])
@@ -749,14 +751,13 @@ async def test_cancelled_wait_for_readahead_leaves_the_file_usable(big: Built) -
     src.gate.set()
     with Archive(big.index, src) as archive:
         async with await archive.aopen("big.bin") as f:
-            assert await f.read(MiB) == content[:MiB]
-            src.gate.clear()  # the readahead groups now stall in their threads
+            src.gate.clear()  # readahead groups (a first read at 0 opens a window) now stall
             with trio.move_on_after(0.2) as scope:
                 await f.read(MiB)
             assert scope.cancelled_caught  # cancelled promptly while waiting for a group
-            assert f.tell() == MiB
+            assert f.tell() == 0
             src.gate.set()
-            assert await f.read(2 * MiB) == content[MiB : 3 * MiB]
+            assert await f.read(2 * MiB) == content[: 2 * MiB]
 
 
 def test_cancelled_wait_for_readahead_under_asyncio(big: Built) -> None:
@@ -767,13 +768,12 @@ def test_cancelled_wait_for_readahead_under_asyncio(big: Built) -> None:
         src.gate.set()
         with Archive(big.index, src) as archive:
             async with await archive.aopen("big.bin") as f:
-                assert await f.read(MiB) == content[:MiB]
                 src.gate.clear()
                 with pytest.raises(TimeoutError):
                     await asyncio.wait_for(f.read(MiB), 0.2)
-                assert f.tell() == MiB
+                assert f.tell() == 0
                 src.gate.set()
-                assert await f.read(2 * MiB) == content[MiB : 3 * MiB]
+                assert await f.read(2 * MiB) == content[: 2 * MiB]
 
     asyncio.run(main())
 

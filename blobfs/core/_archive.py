@@ -26,6 +26,7 @@ from ._content import ContentCache
 from ._file import ArchiveFile, AsyncArchiveFile
 from ._index import Index
 from ._prefetch import ReadaheadPool
+from ._scan import ScanAhead
 from ._source import ByteSource, FileSource
 from ._steps import VerifyProgress, arun_steps, read_whole_steps, refetch_once, run_steps
 from ._types import DirEntry, DirInfo, Entry
@@ -66,7 +67,9 @@ class Archive(Closing):
       size and ``max_blocks_per_read``); :attr:`source` is then the wrapped source.
     - ``readahead``: sequential readers of chunked entries get large ranges loaded and verified
       ahead of them in a small thread pool (``_prefetch.py``), created on first use and shut
-      down by :meth:`close`; False reads only what each call asks for.
+      down by :meth:`close`; so do programs opening small files in order, once they tell the
+      archive with :meth:`note_open` (``_scan.py``; the mount does). False reads only what each
+      call asks for.
     - ``max_file_size``: the default limit of :meth:`read_file`.
 
     The archive does not own ``source``: closing it is the caller's business (:class:`BlobFile`
@@ -79,7 +82,7 @@ class Archive(Closing):
     :meth:`close` must not race reads.
     """
 
-    __slots__ = ("_cache", "_index", "_max_file_size", "_owned", "_pool", "_source")
+    __slots__ = ("_cache", "_index", "_max_file_size", "_owned", "_pool", "_scan", "_source")
 
     def __init__(
         self,
@@ -97,6 +100,7 @@ class Archive(Closing):
         self._source = source if block_cache is None else block_cache.wrap(source)
         self._cache = ContentCache.of(cache)
         self._pool = ReadaheadPool() if readahead else None
+        self._scan = ScanAhead(self._index, self._source, self._cache, self._pool)
         self._max_file_size = max_file_size
         self._owned: list[SupportsClose] = []
         if self._index.data_hash and source.size != self._index.data_size:
@@ -130,12 +134,31 @@ class Archive(Closing):
         owned first. Whoever builds an archive over resources it opened hands them over here."""
         self._owned.append(resource)
 
+    def note_open(self, position: int) -> None:
+        """Tell the archive a program opened the file at ``position`` (an
+        :meth:`Index.position`): a program opening files in that order gets the files after
+        them loaded in batches ahead of it (``_scan.py``), each verified, and handed to
+        :meth:`open`'s file objects. Cheap, no I/O; a hint, never an error."""
+        self._scan.opened(position)
+
+    def write_cache_behind(self) -> None:
+        """Store content in the content cache from a writer thread instead of the reading
+        thread (``ContentCache.write_behind``): reads answer before their content reached the
+        disk, and lookups see what is waiting. :meth:`close` stores what is left. For
+        long-lived readers (the mount); no-op without a content cache."""
+        if self._cache is not None:
+            self._cache.write_behind()
+
     def close(self) -> None:
-        """Stop the readahead threads (queued groups are dropped) and close what the archive
-        owns (:meth:`own`); idempotent. The source is closed only if it was handed over. Reads
-        afterwards still work, without readahead, when the source is still open."""
+        """Stop the readahead threads (queued groups are dropped), store what waits for the
+        content cache, and close what the archive owns (:meth:`own`); idempotent. The source is
+        closed only if it was handed over. Reads afterwards still work, without readahead, when
+        the source is still open."""
+        self._scan.close()
         if self._pool is not None:
             self._pool.close()
+        if self._cache is not None:
+            self._cache.stop_write_behind()
         owned, self._owned = self._owned, []
         for resource in reversed(owned):
             resource.close()
@@ -207,7 +230,11 @@ class Archive(Closing):
     def open(self, path: str) -> ArchiveFile:
         """A seekable binary file object over file ``path`` (no size limit)."""
         return ArchiveFile(
-            self._index.entry(path), self._source, cache=self._cache, pool=self._pool
+            self._index.entry(path),
+            self._source,
+            cache=self._cache,
+            pool=self._pool,
+            scan=self._scan,
         )
 
     def prefetch(self, path: str = "") -> int:
@@ -258,7 +285,9 @@ class Archive(Closing):
         ``async with await archive.aopen(path) as f: data = await f.read()``
         """
         entry = self._index.entry(path)
-        return AsyncArchiveFile(entry, self._source, cache=self._cache, pool=self._pool)
+        return AsyncArchiveFile(
+            entry, self._source, cache=self._cache, pool=self._pool, scan=self._scan
+        )
 
     async def aprefetch(self, path: str = "") -> int:
         """Async twin of :meth:`prefetch` (cache I/O and fetches off the event loop)."""

@@ -11,6 +11,12 @@ read path's rules (ARCHITECTURE.md section 3):
   ``max_bytes`` it is logged and ignored. The first failure of each operation is logged at
   WARNING, later ones at DEBUG (a full disk must not flood the log).
 - **Only verified content goes in**: callers ``put`` after their own verification passed.
+- **Write-behind** (:meth:`ContentCache.write_behind`, used by the mount): ``put_bytes`` hands
+  the content to one writer thread and returns, so a read answers before its content reached
+  the disk; lookups see pending entries (already verified, in memory), so a read right after
+  finds what the previous one stored. Pending content is bounded; a full queue makes
+  ``put_bytes`` wait (the disk is the bottleneck then).
+  :meth:`ContentCache.stop_write_behind` stores what is pending.
 
 Keys are content digests (the entry's ``hash`` for a whole file, ``chunk_hash(k)`` for a chunk),
 so identical content is shared by every archive using the same cache.
@@ -24,6 +30,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, BinaryIO, Final, cast
 
@@ -35,6 +43,10 @@ if TYPE_CHECKING:
 __all__ = ["ContentCache"]
 
 logger = logging.getLogger(__name__)
+
+WRITE_BEHIND_BYTES: Final = 32 << 20
+"""Most content waiting for the writer thread: a few readahead groups' worth, so reads never
+wait for the disk while it keeps up, and the daemon's memory stays bounded when it does not."""
 
 _COPY_PIECE: Final = 1 << 20
 """Read size when streaming a cached whole file through SHA-256: big enough that the per-call
@@ -54,15 +66,31 @@ class ContentCache:
     (:meth:`of`).
 
     Concurrency: as safe as the wrapped cache (which the protocol requires to be thread-safe);
-    the wrapper's only state is which operations have already logged a WARNING.
+    the wrapper's own state (which operations have logged a WARNING, the write-behind queue) is
+    safe from any thread.
     """
 
-    __slots__ = ("_cache", "_limit", "_warned")
+    __slots__ = (
+        "_cache",
+        "_cond",
+        "_limit",
+        "_max_pending",
+        "_pending",
+        "_pending_bytes",
+        "_warned",
+        "_writer",
+    )
 
     def __init__(self, cache: Cache) -> None:
         self._cache = cache
         self._warned: set[str] = set()
         self._limit: int | None = None  # max_bytes(), asked once: it is configuration
+        self._cond = threading.Condition()
+        # digest -> verified content not stored yet, oldest first (write-behind only)
+        self._pending: OrderedDict[bytes, bytes] = OrderedDict()
+        self._pending_bytes = 0
+        self._max_pending = 0  # 0: put_bytes stores in the calling thread
+        self._writer: threading.Thread | None = None
 
     @classmethod
     def of(cls, cache: Cache | None) -> ContentCache | None:
@@ -109,6 +137,9 @@ class ContentCache:
         None on a miss or any failure (a corrupt entry is deleted first). ``path``/``what`` only
         name the content in the log.
         """
+        pending = self._pending_content(digest, size)
+        if pending is not None:
+            return pending
         f = self._open(digest)
         if f is None:
             return None
@@ -146,6 +177,10 @@ class ContentCache:
         discard (a corrupt entry has been deleted). For whole files too large to hold in memory:
         the caller's sink is its spool.
         """
+        pending = self._pending_content(digest, size)
+        if pending is not None:
+            sink(pending)
+            return True
         f = self._open(digest)
         if f is None:
             return False
@@ -176,6 +211,8 @@ class ContentCache:
 
     def has(self, digest: bytes) -> bool:
         """Whether the cache claims an entry for ``digest`` (not verified: reading it will be)."""
+        if digest in self._pending:
+            return True
         f = self._open(digest)
         if f is None:
             return False
@@ -206,9 +243,26 @@ class ContentCache:
         return self._limit <= 0 or size <= self._limit
 
     def put_bytes(self, digest: bytes, data: bytes) -> None:
-        """Store verified ``data`` under ``digest``; failures are logged, never raised."""
-        if self.fits(len(data)):
+        """Store verified ``data`` under ``digest``; failures are logged, never raised. With
+        write-behind on, the writer thread stores it (see the module docstring)."""
+        if not self.fits(len(data)):
+            return
+        if self._max_pending:
+            with self._cond:
+                if self._enqueue_locked(digest, data):
+                    return
+        self._store(digest, data)
+
+    def _store(self, digest: bytes, data: bytes) -> None:
+        # A cache taking bytes directly (DiskCache) saves copying them through a file object.
+        put_bytes = getattr(self._cache, "put_bytes", None)
+        if put_bytes is None:
             self.put_file(digest, io.BytesIO(data))
+            return
+        try:
+            put_bytes(digest, data)
+        except Exception as e:
+            self._failed("put", digest, e)
 
     def put_file(self, digest: bytes, f: IO[bytes]) -> None:
         """Store the verified content of ``f`` (read from its position to EOF)."""
@@ -216,6 +270,76 @@ class ContentCache:
             self._cache.put(digest, cast(BinaryIO, f))
         except Exception as e:
             self._failed("put", digest, e)
+
+    # ------------------------------------------------------------------ write-behind
+
+    def write_behind(self, max_pending: int = WRITE_BEHIND_BYTES) -> None:
+        """From now on ``put_bytes`` queues content for a writer thread (started here) instead
+        of storing it in the calling thread; at most ``max_pending`` bytes wait. Idempotent."""
+        if max_pending <= 0:
+            raise ValueError("max_pending must be positive")
+        with self._cond:
+            self._max_pending = max_pending
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_loop, name="blobfs-cache-writer", daemon=True
+                )
+                self._writer.start()
+
+    def _pending_content(self, digest: bytes, size: int) -> bytes | None:
+        if not self._pending:  # no lock: a miss here only means reading the cache itself
+            return None
+        with self._cond:
+            data = self._pending.get(digest)
+        return data if data is not None and len(data) == size else None
+
+    def _enqueue_locked(self, digest: bytes, data: bytes) -> bool:
+        """Queue ``data``; False when write-behind is off (now), so the caller stores it."""
+        if not self._max_pending:
+            return False
+        if digest in self._pending:
+            return True
+        # Backpressure: wait while the queue is full (an oversized item alone still goes in).
+        while self._pending and self._pending_bytes + len(data) > self._max_pending:
+            self._cond.wait()
+            if not self._max_pending:
+                return False
+        self._pending[digest] = data
+        self._pending_bytes += len(data)
+        self._cond.notify_all()
+        return True
+
+    def _write_loop(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._pending and self._max_pending:
+                    cond.wait()
+                if not self._pending:
+                    return  # closed and drained
+                digest, data = next(iter(self._pending.items()))
+            # Stored before it leaves the queue: lookups keep finding it meanwhile.
+            self._store(digest, data)
+            with cond:
+                self._pending.pop(digest, None)
+                self._pending_bytes -= len(data)
+                cond.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every queued put has been stored (no-op without write-behind)."""
+        with self._cond:
+            while self._pending and self._writer is not None:
+                self._cond.wait()
+
+    def stop_write_behind(self) -> None:
+        """Store what is queued and stop the writer thread; ``put_bytes`` stores in the calling
+        thread afterwards. Idempotent. The wrapped cache stays open (its owner closes it)."""
+        with self._cond:
+            self._max_pending = 0
+            writer, self._writer = self._writer, None
+            self._cond.notify_all()
+        if writer is not None:
+            writer.join()
 
     # ------------------------------------------------------------------ the Cache protocol
 

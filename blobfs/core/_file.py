@@ -8,13 +8,15 @@ Both file classes share :class:`_FileCore`, whose read algorithm is a step gener
   against the table, and keeps the last chunk so sequential small reads do not reload it. A
   sequential reader gets readahead (``_prefetch.py``): large ranges loaded and verified ahead of
   it in the archive's thread pool, at most ``READAHEAD_BYTES`` per file;
-- **v1 entries** (whole-file hash only): the first read fills a spool (memory up to
-  :data:`SPOOL_MEMORY`, then a temporary file) with verified content — copied from the content
-  cache while being hashed, or else streamed from the source through the verifying decoder
-  (the next 8 MiB piece fetched in the readahead pool while one is decoded) and then offered to
-  the cache — and every read is served from that spool. Raw payloads and cache
-  entries are copied too: the data file or the cache file could change after verification, the
-  spool cannot.
+- **v1 entries** (whole-file hash only): the first read loads the verified content, and every
+  read is served from it. Content up to :data:`SPOOL_MEMORY` is kept as one ``bytes`` object
+  (from a batch loaded ahead by ``_scan.py``, else the content cache, else fetched and decoded
+  whole; a read of the whole file returns that object itself, without a copy); bigger content
+  goes to a spool (a temporary file), copied from the content cache while being hashed, or
+  streamed from the source through the verifying decoder (the next 8 MiB piece fetched in the
+  readahead pool while one is decoded) and then offered to the cache. What is served never
+  changes after it was verified: it lives in this process's memory or its own spool file, not
+  in the data file or a cache file.
 
 No byte reaches the caller before the hash covering it matched. Streaming reads have no size
 limit (``max_file_size`` applies to whole-file reads only).
@@ -25,6 +27,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Final
 
 from ._aio import checkpoint
@@ -32,12 +35,14 @@ from ._closing import AsyncClosing
 from ._content import ContentCache
 from ._decode import MAX_FETCH, PayloadDecoder, check_extent
 from ._prefetch import Readahead, ReadaheadPool
+from ._scan import ScanAhead
 from ._source import ByteSource
 from ._steps import (
     Steps,
     Wait,
     arun_steps,
     chunk_steps,
+    read_whole_steps,
     refetch_once,
     run_steps,
     stream_payload,
@@ -52,7 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["SPOOL_MEMORY", "ArchiveFile", "AsyncArchiveFile"]
 
 SPOOL_MEMORY: Final = 8 << 20
-"""A verified v1 file up to 8 MiB stays in memory; a bigger one rolls over to a temporary file, so
+"""A verified v1 file up to 8 MiB stays in memory; a bigger one goes to a temporary file, so
 streaming a multi-GiB v1 file costs disk, not RAM."""
 
 
@@ -68,6 +73,7 @@ class _FileCore:
         "_content",
         "_pool",
         "_ra",
+        "_scan",
         "_source",
         "_source_size",
         "_spool",
@@ -82,11 +88,13 @@ class _FileCore:
         source: ByteSource,
         cache: Cache | None,
         pool: ReadaheadPool | None,
+        scan: ScanAhead | None = None,
     ) -> None:
         self.entry = entry
         self._source = source
         self._source_size = source.size
         self._pool = pool
+        self._scan = scan
         self._content = ContentCache.of(cache)
         self._ra = (
             Readahead(entry, source, self._content, pool)
@@ -96,7 +104,8 @@ class _FileCore:
         self.pos = 0
         self.closed = False
         self._chunk: tuple[int, bytes] | None = None  # (index, verified content) of last chunk
-        self._spool: tempfile.SpooledTemporaryFile[bytes] | None = None
+        # v1 entries: the verified content, in memory or (big files) in a spool file
+        self._spool: bytes | tempfile.SpooledTemporaryFile[bytes] | None = None
 
     @property
     def readahead(self) -> Readahead | None:
@@ -130,8 +139,20 @@ class _FileCore:
                 k == kept or (ra is not None and ra.ready(k))
                 for k in range(start // cs, (end - 1) // cs + 1)
             )
-        # A spool no bigger than SPOOL_MEMORY never rolls over to disk.
-        return self._spool is not None and self.entry.original_size <= SPOOL_MEMORY
+        if isinstance(self._spool, bytes):
+            return True
+        return self._spool is None and self._scan is not None and self._scan.ready(self.entry)
+
+    def take_scanned(self) -> bool:
+        """Make sure content :meth:`in_memory` promised from a finished scan batch is held;
+        False when another reader took it first (the read must then go the ordinary way)."""
+        if self.entry.chunked or self._spool is not None or self._scan is None:
+            return True
+        got = self._scan.claim(self.entry)
+        if isinstance(got, bytes):
+            self._spool = got
+            return True
+        return False
 
     def read_steps(self, size: int) -> Steps[bytes]:
         """Read up to ``size`` bytes (all the rest if negative) at the position, and advance.
@@ -197,10 +218,31 @@ class _FileCore:
         return (yield from chunk_steps(self.entry, first, end, self._content))
 
     def _read_spooled(self, start: int, end: int) -> Steps[bytes]:
-        if self._spool is None:
-            self._spool = yield from self._load_spool()
-        self._spool.seek(start)
-        return self._spool.read(end - start)
+        spool = self._spool
+        if spool is None:
+            spool = self._spool = yield from self._load_whole()
+        if isinstance(spool, bytes):
+            return spool if start == 0 and end >= len(spool) else spool[start:end]
+        spool.seek(start)
+        return spool.read(end - start)
+
+    def _load_whole(self) -> Steps[bytes | tempfile.SpooledTemporaryFile[bytes]]:
+        entry = self.entry
+        scan = self._scan
+        if scan is not None:
+            got = scan.claim(entry)
+            if isinstance(got, Future):  # a batch is loading it: wait rather than fetch again
+                yield Wait(got)
+                got = scan.claim(entry)
+            if isinstance(got, bytes):
+                return got
+        if entry.original_size <= SPOOL_MEMORY:
+            return (
+                yield from read_whole_steps(
+                    entry, self._source_size, self._content, self._pool, self._source
+                )
+            )
+        return (yield from self._load_spool())
 
     def _new_spool(self) -> tempfile.SpooledTemporaryFile[bytes]:
         return tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY, prefix="blobfs-")
@@ -236,9 +278,9 @@ class _FileCore:
         self._chunk = None
         if self._ra is not None:
             self._ra.discard()
-        if self._spool is not None:
-            self._spool.close()
-            self._spool = None
+        spool, self._spool = self._spool, None
+        if spool is not None and not isinstance(spool, bytes):
+            spool.close()
 
 
 class _Described:
@@ -270,7 +312,8 @@ class ArchiveFile(_Described, io.RawIOBase):
     on an error.
 
     ``cache`` is the content cache (see the module docstring); ``pool`` is the archive's
-    readahead pool (None: no readahead). :meth:`Archive.open` passes both.
+    readahead pool (None: no readahead); ``scan`` the archive's loader of files ahead of a
+    program reading in order (``_scan.py``). :meth:`Archive.open` passes them.
 
     Concurrency: like any file object, one thread at a time; open the path again for parallel
     readers (file objects are cheap, the archive is shared). Readahead groups load in the pool's
@@ -284,9 +327,10 @@ class ArchiveFile(_Described, io.RawIOBase):
         *,
         cache: Cache | None = None,
         pool: ReadaheadPool | None = None,
+        scan: ScanAhead | None = None,
     ) -> None:
         super().__init__()
-        self._core = _FileCore(entry, source, cache, pool)
+        self._core = _FileCore(entry, source, cache, pool, scan)
         self._source = source
 
     def readable(self) -> bool:
@@ -302,6 +346,17 @@ class ArchiveFile(_Described, io.RawIOBase):
     def read(self, size: int | None = -1, /) -> bytes:
         self._check_open()
         return run_steps(self._core.read_steps(-1 if size is None else size), self._source)
+
+    def read_ready(self, size: int = -1) -> bytes | None:
+        """``read(size)`` if it can be served from memory (the kept chunk, finished readahead,
+        content in memory), else None without doing anything: never fetches, waits or touches
+        the content cache, so an event loop may call it (the mount answers most reads of a
+        sequential stream this way, without a thread hop)."""
+        self._check_open()
+        core = self._core
+        if not core.in_memory(size) or not core.take_scanned():
+            return None
+        return run_steps(core.read_steps(size), self._source)
 
     def readall(self) -> bytes:
         return self.read(-1)
@@ -355,8 +410,9 @@ class AsyncArchiveFile(_Described, AsyncClosing):
         *,
         cache: Cache | None = None,
         pool: ReadaheadPool | None = None,
+        scan: ScanAhead | None = None,
     ) -> None:
-        self._core = _FileCore(entry, source, cache, pool)
+        self._core = _FileCore(entry, source, cache, pool, scan)
         self._source = source
         self._busy = False
 
@@ -380,7 +436,7 @@ class AsyncArchiveFile(_Described, AsyncClosing):
             # the content cache, so the sync driver never blocks the loop.
             await checkpoint()
             self._enter()  # the checkpoint may have let another task in
-            if self._core.in_memory(size):
+            if self._core.in_memory(size) and self._core.take_scanned():
                 return run_steps(self._core.read_steps(size), self._source)
         self._busy = True
         try:

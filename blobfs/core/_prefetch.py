@@ -1,13 +1,17 @@
 """Sequential readahead for chunked entries: big ranges, several in flight, bounded memory.
 
 A file object reading a chunked entry front to back in small pieces (the FUSE daemon's 128 KiB
-requests, ``shutil.copyfileobj``'s 64 KiB) would otherwise pay one range request per chunk and
-decode on one core. Once a :class:`Readahead` sees :data:`SEQUENTIAL_READS` reads in a row each
-starting where the previous one ended, the next read needing a chunk that is not in memory opens
-a *window*: consecutive *groups* of chunks (each at most :data:`GROUP_BYTES` of content and
-:data:`~blobfs.core._decode.MAX_FETCH` of payload, so one range request each) are loaded ahead
-of the reader by the archive's :class:`ReadaheadPool`, up to :data:`READAHEAD_BYTES` of content.
-A single read spanning more than one group uses the same window up to its own end (it pipelines
+to 1 MiB requests, ``shutil.copyfileobj``'s 64 KiB) would otherwise pay one range request per
+chunk and decode on one core. Once a :class:`Readahead` sees :data:`SEQUENTIAL_READS` reads in a
+row each starting where the previous one ended, the next read needing a chunk that is not in
+memory opens a *window*: consecutive *groups* of chunks (each at most :data:`GROUP_BYTES` of
+content and payload, so one range request each) are loaded ahead of the reader by the
+archive's :class:`ReadaheadPool`, up to :data:`READAHEAD_BYTES` of content. Groups start small
+and double (:data:`RAMP_BYTES`, 2x, 4x, ...): the reader waits for the first group of a
+window, and big requests only pay off once they are ahead of it. The first read of a file at
+its start already opens a short window (:data:`START_BYTES`): most programs reading the start
+of a large file read on, and the second request is then on its way before they ask. A single
+read spanning more than one group uses the same window up to its own end (it pipelines
 itself), without reading ahead past it.
 
 Each group is loaded by :func:`load_group` in a pool thread: content-cache lookups, one fetch per
@@ -40,7 +44,7 @@ from dataclasses import dataclass
 from typing import Final, TypeVar, TypeVarTuple, cast
 
 from ._content import ContentCache
-from ._decode import MAX_FETCH, decode_chunk
+from ._decode import decode_chunk
 from ._source import ByteSource
 from ._steps import chunk_runs, fetch, run_steps
 from ._types import Entry
@@ -48,8 +52,10 @@ from ._types import Entry
 __all__ = [
     "GROUP_BYTES",
     "PREFETCH_THREADS",
+    "RAMP_BYTES",
     "READAHEAD_BYTES",
     "SEQUENTIAL_READS",
+    "START_BYTES",
     "Readahead",
     "ReadaheadPool",
     "load_group",
@@ -65,16 +71,26 @@ PREFETCH_THREADS: Final = 4
 connections best for 8-16 MiB ranges against a local registry (435-571 MB/s, vs 338-490 with
 one), and four threads keep both cores busy with zstd/SHA-256 while others wait on the network."""
 
-GROUP_BYTES: Final = MAX_FETCH
-"""Most content per group (8 MiB): with incompressible data that is one 8 MiB range request,
-where the ~5 ms fixed cost of a request is a few per cent; compressible data makes smaller
-requests, but each still carries 8 MiB of content."""
+GROUP_BYTES: Final = 16 << 20
+"""Most content (and payload) per group: one 16 MiB range request. A request costs the registry
+about 5 ms of CPU whatever its size (measured: 1.6 ms of CPU per MiB in 8 MiB ranges, 1.1 in
+32 MiB ranges), and on two cores its CPU is the reader's too; FIELD-NOTES.md measured 16 MiB
+ranges faster than 4 MiB ones on every connection count."""
+
+RAMP_BYTES: Final = 1 << 20
+"""Content of a window's first group (at least one chunk); each next group doubles, up to
+:data:`GROUP_BYTES`. The reader waits for the first group of a window, so it is small: a 1 MiB
+range answers in a few milliseconds, where a 16 MiB one takes tens."""
+
+START_BYTES: Final = 4 << 20
+"""How far the first read of a file at offset 0 reads ahead (past its own end): a cold
+``cat`` gets its second and third requests' data on the way at once, while a program reading
+just the header of a large file (``file``, ``head``) fetches a few MiB it did not need."""
 
 READAHEAD_BYTES: Final = 32 << 20
-"""Most content a window holds, counting the group being read (so three more ahead of it): with
-four groups in flight the network and both cores stay busy, and an open file costs at most about
-40 MiB (this plus one group being loaded past it), so a daemon streaming several files stays far
-below the 200 MB RSS target."""
+"""Most content a window holds, counting the group being read: two to four groups in flight keep
+the network and both cores busy, and an open file costs at most about 48 MiB (this plus one
+group being loaded past it)."""
 
 SEQUENTIAL_READS: Final = 2
 """Reads in a row, each starting where the previous one ended (the first read of a file counts
@@ -141,7 +157,7 @@ def load_group(
     found: list[ChunkResult | None] = [
         content.get_chunk(entry, k) if content is not None else None for k in range(first, end)
     ]
-    for a, b in chunk_runs(entry, first, found):
+    for a, b in chunk_runs(entry, first, found, GROUP_BYTES):
         off, _ = entry.chunk_payload(a)
         last_off, last_n = entry.chunk_payload(b - 1)
         try:
@@ -192,6 +208,7 @@ class Readahead:
         "_last_end",
         "_next",
         "_pool",
+        "_ramp",
         "_source",
         "_streak",
     )
@@ -214,6 +231,7 @@ class Readahead:
         self._horizon = 0  # schedule groups below this chunk only
         self._last_end = 0  # where the last successful read ended
         self._streak = 0  # consecutive reads continuing the previous one
+        self._ramp = RAMP_BYTES  # content limit of the next group scheduled
 
     @property
     def window(self) -> tuple[int, int] | None:
@@ -230,6 +248,8 @@ class Readahead:
             self.discard()  # a seek elsewhere: the window is of no use
         if self._streak >= SEQUENTIAL_READS:
             self._horizon = self._entry.num_chunks
+        elif start == 0 and self._streak == 1:
+            self._horizon = min(self._entry.num_chunks, last + 1 + -(-START_BYTES // cs))
         elif (last + 1 - first) * cs > GROUP_BYTES:
             self._horizon = last + 1  # a big read pipelines itself, but reads nothing beyond
         else:
@@ -250,6 +270,8 @@ class Readahead:
         if not groups:
             if k >= self._horizon:
                 return None
+            if k != self._next:
+                self._ramp = RAMP_BYTES  # a new window, not the old one running on
             self._next = k
         self._top_up()
         if groups and groups[0].first <= k < groups[0].end:
@@ -264,13 +286,12 @@ class Readahead:
         ):
             first = end = self._next
             size = 0
+            limit = self._ramp
             start_off, _ = entry.chunk_payload(first)
             while end < self._horizon:
                 lo, hi = entry.chunk_bounds(end)
                 off, n = entry.chunk_payload(end)
-                if end > first and (
-                    size + hi - lo > GROUP_BYTES or off + n - start_off > MAX_FETCH
-                ):
+                if end > first and (size + hi - lo > limit or off + n - start_off > limit):
                     break
                 size += hi - lo
                 end += 1
@@ -280,6 +301,7 @@ class Readahead:
                 return
             groups.append(Group(first, end, size, fut))
             self._next = end
+            self._ramp = min(GROUP_BYTES, 2 * max(limit, size))
             held += size
 
     def take(self, group: Group, k: int) -> bytes | None:
@@ -312,3 +334,4 @@ class Readahead:
         for g in self._groups:
             g.future.cancel()
         self._groups.clear()
+        self._ramp = RAMP_BYTES

@@ -261,13 +261,13 @@ async def arun_steps(
 
 
 def chunk_runs(
-    entry: Entry, first: int, present: Sequence[object | None]
+    entry: Entry, first: int, present: Sequence[object | None], max_fetch: int = MAX_FETCH
 ) -> Iterator[tuple[int, int]]:
     """``(first_chunk, end_chunk)`` runs of the chunks missing from ``present``.
 
     ``present[i]`` describes chunk ``first + i`` (None = missing). Adjacent missing chunks form
     one run, so each run is one fetch; a run is split where its payload would exceed
-    :data:`~blobfs.core._decode.MAX_FETCH` (a run holds at least one chunk).
+    ``max_fetch`` (a run holds at least one chunk).
     """
     k, end = first, first + len(present)
     while k < end:
@@ -279,7 +279,7 @@ def chunk_runs(
         k += 1
         while k < end and present[k - first] is None:
             off, n = entry.chunk_payload(k)
-            if off + n - start_off > MAX_FETCH:
+            if off + n - start_off > max_fetch:
                 break
             k += 1
         yield a, k

@@ -16,6 +16,7 @@ Both are safe from any thread (readahead and prefetch threads read at once).
 
 from __future__ import annotations
 
+import io
 import threading
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -129,6 +130,14 @@ class CountingCache:
 
     def put(self, digest: bytes, f: BinaryIO) -> None:
         self._inner.put(digest, f)
+
+    def put_bytes(self, digest: bytes, data: bytes) -> None:
+        """The inner cache's ``put_bytes`` when it has one (no copy through a file object)."""
+        put_bytes = getattr(self._inner, "put_bytes", None)
+        if put_bytes is None:
+            self._inner.put(digest, io.BytesIO(data))
+        else:
+            put_bytes(digest, data)
 
     def delete(self, digest: bytes) -> None:
         self._inner.delete(digest)

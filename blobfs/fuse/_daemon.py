@@ -109,6 +109,9 @@ def mount(
         pipe.fail(_reason(e))
         return 1
     try:
+        # Reads answer before their content reached the cache on disk (a writer thread stores
+        # it); the archive's close stores what is left.
+        archive.write_cache_behind()
         source = _pinned(archive, source)
         fs = ArchiveFS(
             archive,
@@ -181,7 +184,6 @@ class _Daemon:
                 return _failed(self.pipe, f"cannot mount {self.mountpoint}: {e}")
             stack.callback(self._unmount)
             async with trio.open_nursery() as nursery:
-                self.fs.spawn = nursery.start_soon
                 nursery.start_soon(self._signals, receiver, nursery.cancel_scope)
                 nursery.start_soon(self._announce, nursery.cancel_scope)
                 try:

@@ -26,10 +26,10 @@ import logging
 import os
 import stat
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Final, Generic, NamedTuple, TypeVar
 
-from ..core import Archive, Entry
+from ..core import Archive, Entry, FileSource
 from ._errno import FsError, errno_for
 from ._inodes import ROOT_INO, Listing, Node, NodeMap
 from ._readers import Readers
@@ -71,11 +71,6 @@ directory; at least the last one stays."""
 READDIR_PAGE: Final = 1024
 """Children whose attributes are made together (about 2 ms): decoding in batches costs a few
 microseconds a file where one-by-one costs tens, and a directory listed once is listed whole."""
-
-PREFETCH_MAX_FILES: Final = 4096
-"""Directories up to this many files are prefetched when a program reads through them (see
-:meth:`ArchiveFS.open`); a bigger directory is left to per-file reads, as a program reading two
-of its files is no evidence that it will read all of them."""
 
 XATTR_DIGEST: Final = b"user.blobfs.digest"
 XATTR_SOURCE: Final = b"user.blobfs.source"
@@ -156,11 +151,11 @@ class ArchiveFS:
     ``mountpoint`` is only reported (stats). The archive is not closed here: the caller owns it;
     :meth:`aclose` closes the open file objects.
 
-    ``spawn`` (the daemon's ``nursery.start_soon``) runs background work: directory prefetches.
-    Without it (or without a content cache to prefetch into) files are read one by one.
+    Every file opened is reported to the archive (:meth:`Archive.note_open`): a program
+    opening files in archive order (``find | xargs cat``, ``cp -r``) gets the files after them
+    loaded in batches ahead of it, a few range requests for many files. Not for local
+    archives, whose small files are read on the event loop (``_readers.py``).
     """
-
-    spawn: Callable[[Callable[[], Awaitable[object]]], object] | None
 
     def __init__(
         self,
@@ -185,9 +180,7 @@ class ArchiveFS:
         self._handles: dict[int, _DirHandle | _FileHandle] = {}
         self._open: dict[int, Readers] = {}  # inode -> readers shared by its file handles
         self._next_fh = 1
-        self.spawn = None
-        self._dir_last: dict[int, int] = {}  # directory inode -> last file opened in it
-        self._prefetched: set[int] = set()  # directories prefetched (or judged not worth it)
+        self._scan = not isinstance(archive.source, FileSource)
         self._source_text = source.pinned.encode("utf-8", "surrogateescape")
 
     # ------------------------------------------------------------------ attributes
@@ -360,41 +353,9 @@ class ArchiveFS:
             readers = self._open[ino] = Readers(self.archive, self.archive.index.entry_at(node.pos))
         readers.refs += 1
         self.stats.opens += 1
-        if self.spawn is not None and self.archive.cache is not None:
-            self._maybe_prefetch(node)
+        if self._scan:
+            self.archive.note_open(node.pos)
         return self._new_handle(_FileHandle(node, readers))
-
-    def _maybe_prefetch(self, node: Node) -> None:
-        """When a second file of a directory is opened, load the directory's small files into
-        the content cache in the background, with a few coalesced range requests
-        (``Archive.aprefetch``) instead of one request per file: a program reading through a
-        directory (``cat dir/*``, ``find | xargs``, a data loader) then finds them cached. One
-        file opened alone fetches only itself (a cold read right after mount stays small).
-        Only directories without subdirectories and with at most :data:`PREFETCH_MAX_FILES`
-        files qualify (the prefetch covers a whole subtree)."""
-        parent = self._nodes.parent(node)
-        if parent.ino in self._prefetched:
-            return
-        last = self._dir_last.get(parent.ino)
-        self._dir_last[parent.ino] = node.ino
-        if last is None or last == node.ino:
-            return
-        self._prefetched.add(parent.ino)
-        del self._dir_last[parent.ino]
-        listing = self._listing(parent)
-        if listing.subdirs or len(listing) > PREFETCH_MAX_FILES:
-            return
-        assert self.spawn is not None
-        path = parent.path.decode("utf-8")
-        self.spawn(lambda: self._prefetch(path))
-
-    async def _prefetch(self, path: str) -> None:
-        try:
-            stored = await self.archive.aprefetch(path)
-        except Exception as e:  # a hint only: reading a file reports its own errors
-            logger.debug("/%s: prefetch failed: %s", path, e)
-        else:
-            logger.debug("/%s: prefetched %d files", path, stored)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` (pread: past the end is ``b""``, reads are

@@ -2,8 +2,8 @@
 
 The kernel sends READ requests for one file concurrently: its readahead issues several ranges
 of a sequential stream at once, and several processes (or threads) may read the same file. An
-:class:`~blobfs.core.AsyncArchiveFile` serves one task at a time and detects a sequential
-reader by its position, so :class:`Readers` keeps up to ``limit`` of them per inode and routes
+:class:`~blobfs.core.ArchiveFile` serves one request at a time and detects a sequential reader
+by its position, so :class:`Readers` keeps up to ``limit`` of them per inode and routes
 each request:
 
 1. a request starting where a reader's last assigned request ends joins that reader's queue
@@ -12,14 +12,15 @@ each request:
 2. otherwise an idle reader takes it (seeking), or a new one when fewer than ``limit`` exist;
 3. otherwise the reader with the shortest queue.
 
-v1 entries (no chunk table) are verified whole on first read and then served from the file
-object's spool, so they get one reader: a second would fetch and verify the file again. They are
-read with the sync file object in one worker-thread hop per request (none for small files of a
-local archive, see :data:`INLINE_MAX`): the async file object
-hops to a thread for each step (decode, fetch, verify: three hops for a small file), and a hop
-costs more than reading and verifying a small file. Chunked entries use the async file object,
-which serves reads from its kept chunk and finished readahead groups without any hop, and
-waits for readahead without holding a thread.
+v1 entries (no chunk table) are verified whole on first read and then served from memory (or
+the file object's spool), so they get one reader: a second would fetch and verify the file again.
+
+Each request costs at most one worker-thread hop: a read the file object can answer from memory
+(its kept chunk, finished readahead, a loaded v1 file: most requests of a sequential stream) is
+answered on the event loop (:meth:`~blobfs.core.ArchiveFile.read_ready`); any other runs the
+whole read algorithm in one worker thread (content-cache lookups, fetches, waiting for
+readahead, decoding and verification), instead of one hop per step. Small files of a local
+archive are read on the event loop itself (see :data:`INLINE_MAX`).
 
 Concurrency: event-loop thread only (trio). Reads of one reader are serialised by its lock;
 reads of different readers run concurrently.
@@ -31,7 +32,7 @@ from typing import Final
 
 import trio
 
-from ..core import Archive, ArchiveFile, AsyncArchiveFile, Entry, FileSource
+from ..core import Archive, ArchiveFile, Entry, FileSource
 
 __all__ = ["READERS_PER_FILE", "Readers"]
 
@@ -51,7 +52,7 @@ class _Reader:
     __slots__ = ("file", "lock", "queued", "tail")
 
     def __init__(self) -> None:
-        self.file: AsyncArchiveFile | ArchiveFile | None = None  # opened on first use
+        self.file: ArchiveFile | None = None  # opened on first use
         self.lock = trio.Lock()
         self.tail = -1  # where the last request given to this reader ends
         self.queued = 0  # requests given to it and not finished
@@ -98,19 +99,15 @@ class Readers:
             async with r.lock:
                 f = r.file
                 if f is None:
-                    f = r.file = (
-                        await self._archive.aopen(self.entry.path)
-                        if self.entry.chunked
-                        else self._archive.open(self.entry.path)  # no I/O until read
-                    )
-                if isinstance(f, ArchiveFile):
-                    if self._inline:
-                        await trio.lowlevel.checkpoint()
-                        return _pread(f, offset, size)
-                    return await trio.to_thread.run_sync(_pread, f, offset, size)
+                    f = r.file = self._archive.open(self.entry.path)  # no I/O until read
                 if f.tell() != offset:
-                    await f.seek(offset)
-                return await f.read(size)
+                    f.seek(offset)
+                data = f.read_ready(size)
+                if data is not None:
+                    return data
+                if self._inline:
+                    return f.read(size)
+                return await trio.to_thread.run_sync(f.read, size)
         finally:
             r.queued -= 1
 
@@ -120,14 +117,5 @@ class Readers:
         for r in readers:
             async with r.lock:
                 f, r.file = r.file, None
-                if isinstance(f, ArchiveFile):
+                if f is not None:
                     f.close()
-                elif f is not None:
-                    await f.aclose()
-
-
-def _pread(f: ArchiveFile, offset: int, size: int) -> bytes:
-    """Read ``size`` bytes at ``offset`` of ``f`` (in a worker thread)."""
-    if f.tell() != offset:
-        f.seek(offset)
-    return f.read(size)

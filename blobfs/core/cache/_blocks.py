@@ -35,7 +35,7 @@ from ...errors import SourceError
 from .._aio import run_sync_in_thread
 from .._closing import Closing
 from .._source import ByteSource, check_range
-from ._store import FileStore, write_all
+from ._store import FileStore
 
 __all__ = ["BLOCK_HEADER_SIZE", "HOT_BYTES", "BlockStore", "CacheStats", "CachedSource"]
 
@@ -171,21 +171,8 @@ class BlockStore:
         self._hot_put(key, memoryview(bytes(payload)))
         hexkey = key.hex()
         # No exists() check: the caller just missed it, and a racing writer loses at link().
-        temp = self.files.new_temp(hexkey)
-        if temp is None:
-            return
-        fd, tmp = temp
         header = _HEADER.pack(BLOCK_MAGIC, _checksum(key, payload), len(payload))
-        try:
-            try:
-                write_all(fd, header, payload)
-            finally:
-                os.close(fd)
-        except OSError as e:
-            self.files.warn_io("cannot write cached block %s: %s", tmp, e)
-            self.files.discard(tmp)
-            return
-        self.files.commit(hexkey, tmp, BLOCK_HEADER_SIZE + len(payload))
+        self.files.write(hexkey, header, payload)
 
     def release(self, key: bytes, fut: Future[memoryview]) -> None:
         with self.inflight_lock:

@@ -305,6 +305,24 @@ class FileStore:
             self.warn_io("cannot create a cache file in %s: %s", shard, e)
             return None
 
+    def write(self, hexkey: str, *buffers: bytes | memoryview) -> bool:
+        """Store the entry ``hexkey`` made of ``buffers`` (temp file, then :meth:`commit`);
+        True if this call stored it. Write errors are logged, never raised."""
+        temp = self.new_temp(hexkey)
+        if temp is None:
+            return False
+        fd, tmp = temp
+        try:
+            try:
+                write_all(fd, *buffers)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            self.warn_io("cannot write cache file %s: %s", tmp, e)
+            self.discard(tmp)
+            return False
+        return self.commit(hexkey, tmp, sum(len(memoryview(b)) for b in buffers))
+
     def discard(self, tmp: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

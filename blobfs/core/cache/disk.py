@@ -119,6 +119,15 @@ class DiskCache(Closing):
             return
         self._files.commit(hexkey, tmp, size)
 
+    def put_bytes(self, digest: bytes, data: bytes | memoryview) -> None:
+        """``put`` of content already in memory: written with one ``writev`` instead of being
+        copied through a file object piece by piece (what the read path stores)."""
+        hexkey = check_digest(digest).hex()
+        limit = self._files.max_bytes
+        if (limit and len(data) > limit) or self._files.exists(hexkey):
+            return
+        self._files.write(hexkey, data)
+
     def _copy(self, f: BinaryIO, fd: int, tmp: str) -> int | None:
         """Copy ``f`` to ``fd``: the size, or ``None`` when over the limit or the write failed
         (logged). Exceptions raised by ``f`` propagate."""

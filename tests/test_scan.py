@@ -1,0 +1,262 @@
+"""Reading ahead across files (``blobfs/core/_scan.py``) and the content cache's write-behind.
+
+A program opening files in archive order gets the next files loaded in batches, with few range
+requests, every file verified; a bad file fails only its own read; memory stays bounded. The
+write-behind queue answers lookups before the disk has the content, and stores everything on
+close.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+import trio
+
+from blobfs.core import Archive, BytesSource, Index
+from blobfs.core._content import ContentCache
+from blobfs.core._scan import AHEAD_BYTES, BATCH_BYTES, STREAMS
+from blobfs.errors import IntegrityError
+from tests.test_archive_cache import (
+    Built,
+    CountingSource,
+    DictCache,
+    FaultySource,
+    build,
+    compressible,
+    incompressible,
+)
+
+KiB = 1 << 10
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """600 files of 1-40 KiB in six directories (about 12 MiB), a chunked file in between."""
+    files = {
+        f"d{i // 100}/f{i:04d}": (incompressible if i % 3 else compressible)(
+            KiB + (i * 7919) % (40 * KiB), i
+        )
+        for i in range(600)
+    }
+    files["d2/zz-chunked.bin"] = incompressible(300_000, 7)  # chunked: read on its own
+    files["d3/empty"] = b""
+    return build(tmp_path_factory.mktemp("scan"), files)
+
+
+def paths(built: Built) -> list[str]:
+    """Every file in index (archive) order."""
+    return [e.path for e in Index(built.index)]
+
+
+def read_in_order(archive: Archive, names: list[str], built: Built) -> None:
+    """Open, note and read each file, as the mount does for ``find | xargs cat``."""
+    index = archive.index
+    for name in names:
+        pos = index.position(name.encode())
+        assert pos is not None
+        archive.note_open(pos)
+        with archive.open(name) as f:
+            assert f.read() == built.contents[name], name
+
+
+def test_reading_in_order_loads_ahead_in_batches(tree: Built) -> None:
+    archive, src = tree.archive(DictCache())
+    with archive:
+        read_in_order(archive, paths(tree), tree)
+    data_size = sum(e.data_size for e in Index(tree.index))
+    assert src.bytes_read == data_size  # every byte once: no file fetched twice
+    # One request per batch (up to 8 MiB) plus a few single files and the chunked file.
+    assert len(src.reads) <= data_size // BATCH_BYTES + 12, src.reads
+
+
+def test_one_file_alone_fetches_itself_only(tree: Built) -> None:
+    archive, src = tree.archive(DictCache())
+    with archive:
+        names = paths(tree)
+        read_in_order(archive, [names[10]], tree)
+        read_in_order(archive, [names[10]], tree)  # again: the content cache
+        read_in_order(archive, [names[300]], tree)  # far away: another file alone
+    index = Index(tree.index)
+    assert src.bytes_read == index.entry(names[10]).data_size + index.entry(names[300]).data_size
+
+
+def test_without_a_content_cache_too(tree: Built) -> None:
+    archive, src = tree.archive()
+    with archive:
+        read_in_order(archive, paths(tree)[:200], tree)
+    assert len(src.reads) <= 8
+
+
+def test_skipping_files_keeps_the_stream(tree: Built) -> None:
+    """``find -name`` style: every third file is read; the stream goes on."""
+    archive, src = tree.archive(DictCache())
+    with archive:
+        read_in_order(archive, paths(tree)[::3], tree)
+    assert len(src.reads) <= 10
+
+
+def test_a_bad_file_fails_only_its_own_read(tree: Built) -> None:
+    index = Index(tree.index)
+    names = paths(tree)
+    bad = index.entry(names[150])
+    src = FaultySource(BytesSource(tree.data), (bad.data_offset + 5, bad.data_offset + 6))
+    src.corrupt = True
+    with Archive(tree.index, src, cache=DictCache()) as archive:
+        read_in_order(archive, names[:150], tree)
+        archive.note_open(150)
+        with (
+            archive.open(names[150]) as f,
+            pytest.raises(IntegrityError, match=re.escape(bad.path)),
+        ):
+            f.read()
+        read_in_order(archive, names[151:], tree)
+
+
+def test_a_failing_batch_leaves_reading_to_the_files(tree: Built) -> None:
+    index = Index(tree.index)
+    names = paths(tree)
+    first = index.entry(names[0]).data_offset
+    end = index.entry(names[99]).data_offset
+    src = FaultySource(BytesSource(tree.data), (first, end))  # SourceError for these bytes
+    with Archive(tree.index, src, cache=DictCache()) as archive:
+        for name in names[:99]:
+            archive.note_open(index.position(name.encode()) or 0)
+            with archive.open(name) as f, pytest.raises(Exception, match="injected failure"):
+                f.read()
+        read_in_order(archive, names[99:], tree)
+
+
+def test_memory_is_bounded_when_files_are_opened_but_not_read(tree: Built) -> None:
+    archive, _ = tree.archive(DictCache())
+    scan = archive._scan
+    with archive:
+        for pos in range(len(archive.index)):
+            archive.note_open(pos)
+            batches = {id(b): b for b in scan._by_hash.values()}.values()
+            held = sum(len(v) for b in batches for v in b.results.values())
+            assert held <= STREAMS * (AHEAD_BYTES + BATCH_BYTES)
+        # Opened, never read: the content is in the cache for later, not kept in memory.
+        assert len(scan._by_hash) < len(archive.index) // 2
+
+
+def test_parallel_streams_of_different_directories(tree: Built) -> None:
+    archive, src = tree.archive(DictCache())
+    names = paths(tree)
+    a, b = names[:100], names[300:400]
+    with archive:
+        for x, y in zip(a, b, strict=True):
+            read_in_order(archive, [x, y], tree)
+    assert len(src.reads) <= 12
+
+
+@pytest.mark.trio
+async def test_async_readers_wait_for_the_batch(tree: Built) -> None:
+    archive, src = tree.archive(DictCache())
+    names = paths(tree)[:200]
+    with archive:
+        for name in names:
+            archive.note_open(archive.index.position(name.encode()) or 0)
+            async with await archive.aopen(name) as f:
+                assert await f.read() == tree.contents[name]
+    assert len(src.reads) <= 8
+
+
+def test_close_drops_what_is_loading(tree: Built) -> None:
+    archive, _ = tree.archive(DictCache())
+    archive.note_open(0)
+    archive.note_open(1)
+    archive.close()
+    assert archive._scan._by_hash == {}
+    read_in_order(archive, paths(tree)[:3], tree)  # reads go on, without reading ahead
+
+
+# ------------------------------------------------------------------------------ write-behind
+
+
+class SlowCache(DictCache):
+    """A content cache whose puts wait for ``gate``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def put(self, digest: bytes, f: BinaryIO) -> None:
+        assert self.gate.wait(10)
+        super().put(digest, f)
+
+
+def test_write_behind_answers_before_the_disk_has_it() -> None:
+    import hashlib
+
+    inner = SlowCache()
+    cache = ContentCache(inner)
+    cache.write_behind(max_pending=100 * KiB)
+    items = [bytes([i]) * (30 * KiB) for i in range(3)]
+    for data in items:
+        cache.put_bytes(hashlib.sha256(data).digest(), data)  # returns at once: queued
+    assert inner.data == {}
+    for data in items:  # pending content is found (and is what was put)
+        d = hashlib.sha256(data).digest()
+        assert cache.get_bytes(d, len(data), "x") == data
+        assert cache.has(d)
+        out = io.BytesIO()
+        assert cache.copy_verified(d, len(data), "x", out.write)
+        assert out.getvalue() == data
+    # A full queue makes put_bytes wait until the writer made room.
+    more = b"m" * (30 * KiB)
+    done = threading.Event()
+
+    def put_more() -> None:
+        cache.put_bytes(hashlib.sha256(more).digest(), more)
+        done.set()
+
+    t = threading.Thread(target=put_more)
+    t.start()
+    assert not done.wait(0.2)
+    inner.gate.set()
+    assert done.wait(10)
+    t.join()
+    cache.stop_write_behind()
+    assert len(inner.data) == 4
+    cache.put_bytes(hashlib.sha256(b"late").digest(), b"late")  # after: stored right away
+    assert len(inner.data) == 5
+
+
+def test_archive_close_stores_what_is_queued(tmp_path: Path, tree: Built) -> None:
+    from blobfs.core.cache.disk import DiskCache
+
+    with DiskCache(tmp_path / "c") as disk:
+        archive = Archive(tree.index, BytesSource(tree.data), cache=disk)
+        archive.write_cache_behind()
+        names = paths(tree)[:50]
+        read_in_order(archive, names, tree)
+        archive.close()
+        index = Index(tree.index)
+        for name in names:
+            f = disk.get(index.entry(name).hash)
+            assert f is not None, name
+            with f:
+                assert f.read() == tree.contents[name]
+
+
+@pytest.mark.trio
+async def test_mount_style_reads_with_write_behind(tree: Built) -> None:
+    """The mount's combination: write-behind, ``note_open``, reads from worker threads."""
+    cache = DictCache()
+    src = CountingSource(BytesSource(tree.data))
+    with Archive(tree.index, src, cache=cache) as archive:
+        archive.write_cache_behind()
+        for name in paths(tree):
+            archive.note_open(archive.index.position(name.encode()) or 0)
+            f = archive.open(name)
+            data = f.read_ready(-1)
+            if data is None:
+                data = await trio.to_thread.run_sync(f.read, -1)
+            f.close()
+            assert data == tree.contents[name]
+    assert len(cache.data) >= 600
