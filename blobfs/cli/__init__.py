@@ -8,6 +8,14 @@ from __future__ import annotations
 
 import sys
 
+# httpx imports its own command-line client when rich, click and pygments happen to be installed
+# (they are, as other tools' dependencies): about 70 ms of every blobfs start-up, for a program
+# blobfs never runs. None in sys.modules makes that import fail with ImportError, which httpx
+# expects (it then defines a stub). Only when httpx is not imported yet: never half-loaded.
+if "httpx" not in sys.modules:
+    # typeshed types sys.modules values as modules, but None is the documented import blocker.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
 from ._main import main as main
 
 __all__ = ["console_main", "main"]

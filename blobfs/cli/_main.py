@@ -8,11 +8,18 @@ A traceback is printed only with ``-vv`` or ``BLOBFS_DEBUG=1``.
 Global options are accepted before and after the subcommand (``blobfs --output json ls A`` and
 ``blobfs ls A --output json``): each subparser carries its own copy under a separate ``dest``,
 merged in :func:`_settings`.
+
+Start-up: a command imports only its own modules. The parser is built for the one subcommand
+named on the command line (:func:`_command_of`; ``blobfs mount`` then never imports the trust,
+registry-command or progress-bar modules), and handlers are looked up at dispatch through this
+module's attributes (:data:`_HANDLERS`, imported on first access). Anything else (help, an
+unknown or missing command, the mount(8) helper form) builds the whole parser as before.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import logging
 import os
@@ -21,13 +28,11 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, NoReturn
 
 from .. import __version__
 from ..core import CHUNK_SIZE_MAX, CHUNK_SIZE_MIN, DEFAULT_MAX_FILE_SIZE
 from ..errors import BlobfsError, PolicyViolation
-from ._archive_cmds import cmd_cat, cmd_ls, cmd_tree
-from ._cache_cmds import cmd_cache
 from ._common import (
     DEFAULT_DATA_NAME,
     DEFAULT_INDEX_NAME,
@@ -35,13 +40,7 @@ from ._common import (
     add_archive_options,
     load_config,
 )
-from ._cp import cmd_cp
-from ._create_cmd import cmd_create
-from ._login import cmd_login, cmd_logout
-from ._mount_cmds import add_mount_commands, helper_argv
 from ._output import CliError, Output, OutputMode, parse_size
-from ._registry_cmds import cmd_inspect_any, cmd_pull, cmd_push, cmd_tag
-from ._trust_cmds import EXIT_POLICY, add_trust_commands, add_verify_options, cmd_verify_any
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_USAGE", "main"]
 
@@ -56,6 +55,60 @@ ZSTD_MAX_LEVEL: Final = 22
 """zstd's highest standard level (``zstandard.MAX_COMPRESSION_LEVEL``)."""
 
 Handler = Callable[[argparse.Namespace, Ctx], int]
+
+_HANDLERS: Final = {
+    "cmd_cat": "._archive_cmds",
+    "cmd_ls": "._archive_cmds",
+    "cmd_tree": "._archive_cmds",
+    "cmd_cache": "._cache_cmds",
+    "cmd_cp": "._cp",
+    "cmd_create": "._create_cmd",
+    "cmd_login": "._login",
+    "cmd_logout": "._login",
+    "cmd_inspect_any": "._registry_cmds",
+    "cmd_pull": "._registry_cmds",
+    "cmd_push": "._registry_cmds",
+    "cmd_tag": "._registry_cmds",
+    "cmd_verify_any": "._trust_cmds",
+}
+"""The handlers of the subcommands defined here, by the module defining each (imported when a
+handler is first used: see :func:`__getattr__`)."""
+
+_GROUPS: Final = {
+    "mount": ("._mount_cmds", "add_mount_commands"),
+    "umount": ("._mount_cmds", "add_mount_commands"),
+    "status": ("._mount_cmds", "add_mount_commands"),
+    "keygen": ("._trust_cmds", "add_trust_commands"),
+    "sign": ("._trust_cmds", "add_trust_commands"),
+    "attest": ("._trust_cmds", "add_trust_commands"),
+}
+"""Subcommands registered by other modules: the module and its ``add_*`` function (which
+registers all of the group). tests/test_cli_startup.py checks this table against the parser."""
+
+
+def __getattr__(name: str) -> Any:
+    """The subcommand handlers of :data:`_HANDLERS`, imported on first access (tests may
+    monkeypatch them here)."""
+    module = _HANDLERS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __package__), name)
+
+
+def _handler(name: str) -> Handler:
+    """The handler ``name`` of :data:`_HANDLERS`, resolved when the command runs."""
+    this = sys.modules[__name__]
+
+    def run(args: argparse.Namespace, ctx: Ctx) -> int:
+        handler: Handler = getattr(this, name)
+        return handler(args, ctx)
+
+    return run
+
+
+def _load(module: str, name: str) -> Any:
+    return getattr(importlib.import_module(module, __package__), name)
+
 
 log = logging.getLogger("blobfs.cli")
 
@@ -196,7 +249,9 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``blobfs`` parser; with ``only``, the top level and that one subcommand (the others
+    are left out, so their modules are not imported; ``commands`` still lists them all)."""
     parser = argparse.ArgumentParser(
         prog="blobfs",
         description="Create, list, read, extract and verify blobfs archives "
@@ -224,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
         archive: bool = True,
         add_help: bool = True,
     ) -> argparse.ArgumentParser:
+        if only is not None and name != only:
+            return argparse.ArgumentParser(add_help=False)  # not this run's: dropped
         parents = [common, with_archive] if archive else [common]
         p = sub.add_parser(
             name,
@@ -244,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     # create
     p = add(
         "create",
-        cmd_create,
+        _handler("cmd_create"),
         "archive the directory tree SRC into DEST/index.blob + DEST/data.blob",
         "[options] SRC DEST",
         archive=False,
@@ -313,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     # ls
     p = add(
         "ls",
-        cmd_ls,
+        _handler("cmd_ls"),
         "list a directory of the archive (or one file)",
         "[-l] [-h] [--digest] (ARCHIVE | --index FILE --data FILE) [PATH]",
         add_help=False,
@@ -326,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     # tree
     p = add(
         "tree",
-        cmd_tree,
+        _handler("cmd_tree"),
         "draw the directory tree of the archive",
         "[-L N] [--dirsfirst] (ARCHIVE | --index FILE --data FILE) [PATH]",
     )
@@ -339,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     # cat
     p = add(
         "cat",
-        cmd_cat,
+        _handler("cmd_cat"),
         "write files of the archive to stdout, verified",
         "(ARCHIVE | --index FILE --data FILE) PATH...",
     )
@@ -348,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     # cp
     p = add(
         "cp",
-        cmd_cp,
+        _handler("cmd_cp"),
         "extract files or directories (verified, atomic, confined to DEST)",
         "[-r] [--preserve] [-f] ARCHIVE:/PATH... DEST\n"
         "       blobfs cp [-r] [--preserve] [-f] --index FILE --data FILE PATH... DEST",
@@ -366,18 +423,19 @@ def build_parser() -> argparse.ArgumentParser:
     # verify
     p = add(
         "verify",
-        cmd_verify_any,
+        _handler("cmd_verify_any"),
         "check every file (and the data blob digest) against the index; with --policy or "
         "--key, check REF's signatures and attestations instead",
         "(ARCHIVE | --index FILE --data FILE | REF --policy FILE | REF --key PUB)",
     )
     p.add_argument("positionals", nargs="*", metavar="ARCHIVE", help=archive_help)
-    add_verify_options(p)
+    if only in (None, "verify"):
+        _load("._trust_cmds", "add_verify_options")(p)
 
     # inspect
     p = add(
         "inspect",
-        cmd_inspect_any,
+        _handler("cmd_inspect_any"),
         "show archive statistics and format details (of a REF: manifest, sizes, annotations)",
         "(ARCHIVE | REF | --index FILE --data FILE)",
     )
@@ -388,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     # push
     p = add(
         "push",
-        cmd_push,
+        _handler("cmd_push"),
         "archive directory DIR and push it to a registry as REF",
         "[-c zstd|none] [--annotation K=V]... [--tag T]... REF DIR",
         archive=False,
@@ -420,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     # pull
     p = add(
         "pull",
-        cmd_pull,
+        _handler("cmd_pull"),
         "extract a registry archive into DEST (verified, confined to DEST, modes and times kept)",
         "[-f] REF [DEST]",
         archive=False,
@@ -432,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     # tag
     p = add(
         "tag",
-        cmd_tag,
+        _handler("cmd_tag"),
         "tag the manifest of SRC_REF as DST_REF (same repository, same digest)",
         "SRC_REF DST_REF",
         archive=False,
@@ -443,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     # login / logout
     p = add(
         "login",
-        cmd_login,
+        _handler("cmd_login"),
         "check credentials against REGISTRY and store them in the docker config",
         "-u USER (--password-stdin | -p PASSWORD) REGISTRY",
         archive=False,
@@ -458,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add(
         "logout",
-        cmd_logout,
+        _handler("cmd_logout"),
         "remove the credentials of REGISTRY from the docker config",
         "REGISTRY",
         archive=False,
@@ -468,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     # cache
     p = add(
         "cache",
-        cmd_cache,
+        _handler("cmd_cache"),
         "show, locate, prune or clear the caches of remote archives",
         "{status,path,prune,clear} [content|blocks|registry|all] [--max-size SIZE]",
         archive=False,
@@ -484,10 +542,54 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="prune: shrink each cache to SIZE (default: its configured limit)",
     )
-    add_mount_commands(add)
-    add_trust_commands(add)
-    parser.set_defaults(commands=tuple(sub.choices))
+    for module, register in dict.fromkeys(_GROUPS.values()):
+        if only is None or _GROUPS.get(only) == (module, register):
+            _load(module, register)(add)
+    parser.set_defaults(commands=tuple(sub.choices) if only is None else _all_commands())
     return parser
+
+
+def _all_commands() -> tuple[str, ...]:
+    """Every subcommand name, without building the parser (own ones from :func:`build_parser`'s
+    source order would need the parser; they are the handlers' commands plus the groups)."""
+    return _OWN_COMMANDS + tuple(_GROUPS)
+
+
+_OWN_COMMANDS: Final = (
+    "create", "ls", "tree", "cat", "cp", "verify", "inspect",
+    "push", "pull", "tag", "login", "logout", "cache",
+)  # fmt: skip
+"""The subcommands :func:`build_parser` defines itself, in its order (checked by
+tests/test_cli_startup.py)."""
+
+
+class _ScanError(Exception):
+    pass
+
+
+class _Scanner(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _ScanError(message)
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names, when it surely names one: the first positional argument
+    once the global options (and their values) are skipped. None for anything else (help or
+    ``--version`` before a subcommand, an unknown word, a parse problem): then the whole parser
+    is built and argparse answers exactly as it always did."""
+    scan = _Scanner(add_help=False, allow_abbrev=False)
+    _add_global_options(scan, "")
+    scan.add_argument("-h", "--help", "--version", action="store_true", dest="top_help")
+    scan.add_argument("command", nargs="?")
+    scan.add_argument("rest", nargs=argparse.REMAINDER)  # the subcommand's: not looked at
+    try:
+        ns, _ = scan.parse_known_args(list(argv))
+    except _ScanError:
+        return None
+    name = ns.command
+    if ns.top_help or (name not in _OWN_COMMANDS and name not in _GROUPS):
+        return None
+    return str(name)
 
 
 # ------------------------------------------------------------------------------------- running
@@ -581,11 +683,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = os.environ.get("BLOBFS_DEBUG", "") not in ("", "0")
     verbose = 0
     try:
-        parser = build_parser()
-        try:
+        words = list(sys.argv[1:] if argv is None else argv)
+        command = _command_of(words)
+        if command is None:
             # mount(8) runs "blobfs SOURCE MOUNTPOINT -o ..." (no subcommand): that is a mount.
-            commands = parser.get_default("commands")
-            args = parser.parse_args(helper_argv(sys.argv[1:] if argv is None else argv, commands))
+            helper_argv = _load("._mount_cmds", "helper_argv")
+            words = helper_argv(words, _all_commands())
+            if words[:2] == ["mount", "--helper"]:
+                command = "mount"
+        parser = build_parser(command)
+        try:
+            args = parser.parse_args(words)
         except SystemExit as e:
             return _exit_code(e)
         ctx, verbose = _settings(args)
@@ -608,5 +716,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             message += " (run with -vv or BLOBFS_DEBUG=1 for a traceback)"
         sys.stderr.write(f"blobfs: error: {message}\n")
         if isinstance(e, PolicyViolation):
-            return EXIT_POLICY
+            exit_policy: int = _load("._trust_cmds", "EXIT_POLICY")
+            return exit_policy
         return e.exit_code if isinstance(e, CliError) else EXIT_ERROR

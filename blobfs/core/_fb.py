@@ -240,6 +240,23 @@ class EntryDecoder:
             ),
         )
 
+    def fields(self, tpos: npt.NDArray[np.uint32] | IntArray) -> Fields:
+        """The scalar fields of the entry tables at ``tpos`` (validated), gathered on demand."""
+        return Fields(self, tpos.astype(np.int64))
+
+    def attributes(self, tpos: npt.NDArray[np.uint32] | IntArray) -> AttrColumns:
+        """What ``stat`` needs of the entry tables at ``tpos``, as numpy columns, without
+        decoding the entries (no path, digest or chunk table is read)."""
+        f = self.fields(tpos)
+        u32 = np.uint32
+        return AttrColumns(
+            (f.get(E_MODE, 4) & 0o777).astype(u32),
+            f.get(E_UID, 4).astype(u32),
+            f.get(E_GID, 4).astype(u32),
+            f.get(E_ORIGINAL_SIZE, 8).astype(np.uint64),
+            f.get(E_MTIME, 8).astype(np.uint64).view(np.int64),
+        )
+
     def decode_many(
         self,
         tpos: npt.NDArray[np.uint32],
@@ -252,50 +269,103 @@ class EntryDecoder:
         five times cheaper per entry than :meth:`decode`, which is what keeps ``walk`` of a
         million entries within seconds.
         """
-        buf, g = self.buf, self.gather
-        t = tpos.astype(np.int64)
-        if not len(t):
+        buf = self.buf
+        if not len(tpos):
             return []
-        vt = t - g(t, 4).astype(np.uint32).view(np.int32).astype(np.int64)
-        uvt, inverse = np.unique(vt, return_inverse=True)
-        layouts = [self.layout(int(v)) for v in uvt.tolist()]
-
-        def field(slot: int, width: int) -> npt.NDArray[np.int64] | npt.NDArray[np.uint64]:
-            off = np.asarray([lay.offs[slot] for lay in layouts], dtype=np.int64)[inverse]
-            present = off != 0
-            return np.where(present, g(np.where(present, t + off, 0), width), 0)
-
-        hoff = np.asarray([lay.hash_off for lay in layouts], dtype=np.int64)[inverse]
-        hpos = (t + hoff + g(t + hoff, 4) + 4).tolist()
+        f = self.fields(tpos)
+        t = f.t
+        hoff = f.offsets(E_HASH)
+        hpos = (t + hoff + self.gather(t + hoff, 4) + 4).tolist()
         paths = map(
             bytes.decode,
             map(buf.__getitem__, map(slice, pstart.tolist(), pend.tolist())),
         )
         digests = map(buf.__getitem__, map(slice, hpos, [h + HASH_SIZE for h in hpos]))
-        comps = map(_COMPRESSION.__getitem__, field(E_COMPRESSION, 1).tolist())
+        comps = map(_COMPRESSION.__getitem__, f.get(E_COMPRESSION, 1).tolist())
         out = list(
             map(
                 _ENTRY_NEW,
                 zip(
                     paths,
-                    field(E_DATA_OFFSET, 8).astype(np.uint64).tolist(),
-                    field(E_DATA_SIZE, 8).astype(np.uint64).tolist(),
-                    field(E_ORIGINAL_SIZE, 8).astype(np.uint64).tolist(),
+                    f.get(E_DATA_OFFSET, 8).astype(np.uint64).tolist(),
+                    f.get(E_DATA_SIZE, 8).astype(np.uint64).tolist(),
+                    f.get(E_ORIGINAL_SIZE, 8).astype(np.uint64).tolist(),
                     digests,
-                    (field(E_MODE, 4) & 0o777).tolist(),
-                    field(E_UID, 4).tolist(),
-                    field(E_GID, 4).tolist(),
-                    field(E_MTIME, 8).astype(np.uint64).view(np.int64).tolist(),
+                    (f.get(E_MODE, 4) & 0o777).tolist(),
+                    f.get(E_UID, 4).tolist(),
+                    f.get(E_GID, 4).tolist(),
+                    f.get(E_MTIME, 8).astype(np.uint64).view(np.int64).tolist(),
                     comps,
-                    field(E_CHUNK_SIZE, 4).tolist(),
+                    f.get(E_CHUNK_SIZE, 4).tolist(),
                     repeat(b""),
                     repeat(()),
                 ),
             )
         )
-        if any(lay.chunks_off or lay.frames_off for lay in layouts):
+        if any(lay.chunks_off or lay.frames_off for lay in f.layouts):
             # Entries with chunk vectors (files over one chunk) are decoded one by one.
             for k in range(len(out)):
-                if layouts[inverse[k]].chunks_off or layouts[inverse[k]].frames_off:
+                lay = f.layout_of(k)
+                if lay.chunks_off or lay.frames_off:
                     out[k] = self.decode(int(tpos[k]), (int(pstart[k]), int(pend[k])))
         return out
+
+
+class AttrColumns(NamedTuple):
+    """Per entry, in the order asked for: permission bits (``& 0o777``), owner, group,
+    uncompressed size (uint64) and mtime in ns since the epoch (int64)."""
+
+    mode: npt.NDArray[np.uint32]
+    uid: npt.NDArray[np.uint32]
+    gid: npt.NDArray[np.uint32]
+    size: npt.NDArray[np.uint64]
+    mtime_ns: IntArray
+
+    def take(self, sel: IntArray | slice) -> AttrColumns:
+        """The rows ``sel`` (row numbers, or a slice)."""
+        return AttrColumns(
+            self.mode[sel], self.uid[sel], self.gid[sel], self.size[sel], self.mtime_ns[sel]
+        )
+
+
+class Fields:
+    """Scalar fields of a set of validated entry tables, one vectorised gather per field.
+
+    Writers share a handful of vtables among all entries, so the distinct vtables are read once
+    (:meth:`EntryDecoder.layout`) and a field's offset is broadcast from them; with a single
+    vtable (the usual case) the offset is one number and a field costs one gather.
+    """
+
+    __slots__ = ("gather", "inverse", "layouts", "t")
+
+    def __init__(self, dec: EntryDecoder, t: IntArray) -> None:
+        g = self.gather = dec.gather
+        self.t = t
+        vt = t - g(t, 4).astype(np.uint32).view(np.int32).astype(np.int64)
+        first = int(vt[0]) if len(vt) else 0
+        if not (vt != first).any():
+            self.layouts = [dec.layout(first)] if len(vt) else []
+            self.inverse: IntArray | None = None
+        else:
+            uvt, inverse = np.unique(vt, return_inverse=True)
+            self.layouts = [dec.layout(int(v)) for v in uvt.tolist()]
+            self.inverse = inverse
+
+    def layout_of(self, k: int) -> Layout:
+        """The layout of the ``k``-th table."""
+        return self.layouts[0 if self.inverse is None else int(self.inverse[k])]
+
+    def offsets(self, slot: int) -> IntArray | int:
+        """Offset of field ``slot`` in each table (0: absent), or one number for all."""
+        if self.inverse is None:
+            return self.layouts[0].offs[slot] if self.layouts else 0
+        return np.asarray([lay.offs[slot] for lay in self.layouts], dtype=np.int64)[self.inverse]
+
+    def get(self, slot: int, width: int) -> IntArray:
+        """Field ``slot`` (``width`` bytes, unsigned; absent fields are 0) of every table, as
+        int64 (see :class:`Gather` for uint64 values)."""
+        t, off = self.t, self.offsets(slot)
+        if isinstance(off, int):
+            return self.gather(t + off, width) if off else np.zeros(len(t), dtype=np.int64)
+        present = off != 0
+        return np.where(present, self.gather(np.where(present, t + off, 0), width), 0)

@@ -125,13 +125,13 @@ class NodeMap:
 
 class Listing:
     """The children of one directory, sorted by name bytes: parallel lists of names, positions
-    and directory flags (about 100 bytes a child), turned into :class:`Node` on demand.
+    and directory flags (about 100 bytes a child), and their attributes once made.
 
     Immutable once built: any number of readers may walk it at once, and a child's place in it
     is the same on every listing of the directory (readdir offsets rely on that).
     """
 
-    __slots__ = ("_depth_bits", "_prefix", "attrs", "dirs", "names", "positions", "subdirs")
+    __slots__ = ("_depth_bits", "attrs", "dirs", "names", "positions", "prefix", "subdirs")
 
     def __init__(
         self, names: list[bytes], positions: list[int], dirs: list[bool], parent: Node
@@ -140,7 +140,9 @@ class Listing:
         self.positions = positions
         self.dirs = dirs
         self.subdirs = dirs.count(True)
-        self._prefix = parent.path + b"/" if parent.path else b""
+        self.prefix = parent.path + b"/" if parent.path else b""
+        """The directory's path with a trailing ``/`` (``b""`` for the root): a child's path is
+        ``prefix + name``."""
         self._depth_bits = (parent.depth + 1) << _DIR_SHIFT
         self.attrs: list[Any] = [None] * len(names)
         """Per child: its attributes once the file system made them (``_fs.py``), else None."""
@@ -148,12 +150,10 @@ class Listing:
     def __len__(self) -> int:
         return len(self.names)
 
-    def ino(self, i: int) -> int:
-        p = self.positions[i]
-        return self._depth_bits | p if self.dirs[i] else _FILE_BASE + p
-
-    def node(self, i: int) -> Node:
-        p = self.positions[i]
-        if self.dirs[i]:
-            return Node(self._depth_bits | p, self._prefix + self.names[i], True, p)
-        return Node(_FILE_BASE + p, self._prefix + self.names[i], False, p)
+    def inos(self, lo: int, hi: int) -> list[int]:
+        """Inode numbers of children ``lo .. hi-1``."""
+        bits = self._depth_bits
+        return [
+            bits | p if d else _FILE_BASE + p
+            for p, d in zip(self.positions[lo:hi], self.dirs[lo:hi], strict=True)
+        ]

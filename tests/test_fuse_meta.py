@@ -1,0 +1,330 @@
+"""The mount's metadata path without a kernel: the index's attribute columns, listings made in
+bulk, and the pyfuse3 form of attributes.
+
+``Index.attributes`` reads mode, owner, group, size and mtime from the entry tables without
+decoding entries, a block of positions at a time; ``ArchiveFS`` makes a listing's attributes
+from them a page at a time, and a single node's from ``Index.attributes_at``. Both must say
+exactly what the decoded entries say, for any index a writer may produce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+import struct
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import pyfuse3
+import pytest
+
+from blobfs.core import Archive, BytesSource, Compression, Entry, Index, encode_index
+from blobfs.fuse import SourceInfo
+from blobfs.fuse import _fs as fs_module
+from blobfs.fuse._fs import DIR_MODE, SIZE_MAX, ArchiveFS, Attr
+from blobfs.fuse._inodes import ROOT_INO
+from blobfs.fuse._ops import TIMEOUT, entry_attributes
+
+DIGEST = hashlib.sha256(b"data").digest()
+DATA_SIZE = 1 << 20
+HUGE = (1 << 64) - 1
+"""A size no file has; zstd entries may claim it (a 0-byte payload), so the columns must keep
+all 64 bits."""
+
+
+def _entry(path: str, i: int, **kw: object) -> Entry:
+    fields: dict[str, object] = {
+        "path": path,
+        "data_offset": 0,
+        "data_size": 0,
+        "original_size": 0,
+        "hash": hashlib.sha256(path.encode()).digest(),
+        "mode": 0o644,
+        "uid": 1000 + i % 3,
+        "gid": 2000 + i % 5,
+        "mtime_ns": 1_700_000_000_000_000_000 + i,
+        "compression": Compression.NONE,
+    }
+    fields.update(kw)
+    return Entry(**fields)  # type: ignore[arg-type]
+
+
+def _mixed_entries() -> list[Entry]:
+    """Entries whose tables use different vtables (zero fields are left out by the writer,
+    zstd and chunked entries have more fields), with extreme values."""
+    return [
+        _entry("a/b/c/deep", 0, mode=0o755, original_size=5, data_size=5),
+        _entry("a/x", 1, uid=0, gid=0, mode=0, mtime_ns=-1_500_000_000),  # before 1970
+        _entry("a-b", 2, original_size=9, data_size=4, compression=Compression.ZSTD),
+        _entry("a.txt", 3, original_size=HUGE, compression=Compression.ZSTD),
+        _entry(
+            "big",
+            4,
+            original_size=200_000,
+            data_size=200_000,
+            chunk_size=65536,
+            chunk_hashes=bytes(32) * 4,
+        ),
+        _entry("z/y", 5, mode=0o600, uid=(1 << 32) - 1, gid=(1 << 32) - 2),
+    ]
+
+
+def _check_columns(index: Index, positions: list[int]) -> None:
+    cols = index.attributes(positions)
+    entries = index.entries_at(positions) if positions else []
+    assert cols.mode.tolist() == [e.mode for e in entries]
+    assert cols.uid.tolist() == [e.uid for e in entries]
+    assert cols.gid.tolist() == [e.gid for e in entries]
+    assert cols.size.tolist() == [e.original_size for e in entries]
+    assert cols.mtime_ns.tolist() == [e.mtime_ns for e in entries]
+    for p, e in zip(positions, entries, strict=True):
+        assert index.attributes_at(p) == (e.mode, e.uid, e.gid, e.original_size, e.mtime_ns)
+
+
+def test_attribute_columns_match_the_decoded_entries() -> None:
+    index = Index(encode_index(_mixed_entries(), data_size=DATA_SIZE, data_hash=DIGEST))
+    n = len(index)
+    _check_columns(index, list(range(n)))
+    _check_columns(index, [n - 1, 0, 3, 3, 1])  # any order, repeats: rows in the order asked
+    _check_columns(index, [])
+    assert index.attributes(np.arange(n, dtype=np.int64)).size.dtype == np.uint64
+
+
+def test_attribute_columns_in_go_order() -> None:
+    """An index whose vector is not bytewise sorted (Go's writer): positions are sorted order,
+    and the columns follow them, not the wire order."""
+    entries = _mixed_entries()
+    raw = bytearray(encode_index(entries, data_size=DATA_SIZE, data_hash=DIGEST))
+    root = struct.unpack_from("<I", raw, 0)[0]
+    vt = root - struct.unpack_from("<i", raw, root)[0]
+    field = struct.unpack_from("<H", raw, vt + 4 + 2 * 2)[0]  # Index slot 2: entries
+    vec = root + field + struct.unpack_from("<I", raw, root + field)[0]
+    count = struct.unpack_from("<I", raw, vec)[0]
+    # Reverse the vector of offsets (each is relative to its own slot, so recompute them).
+    slots = [vec + 4 + 4 * k for k in range(count)]
+    tables = [s + struct.unpack_from("<I", raw, s)[0] for s in slots]
+    for s, t in zip(slots, reversed(tables), strict=True):
+        struct.pack_into("<I", raw, s, t - s)
+    index = Index(bytes(raw))
+    assert not index.sorted_on_wire
+    _check_columns(index, list(range(len(index))))
+
+
+def test_attribute_columns_across_blocks() -> None:
+    """More files than one block of columns (16,384): blocks filled on demand, in any order,
+    by a call spanning several of them or by single positions."""
+    n = 40_000
+    entries = [
+        _entry(
+            f"d{i // 1000:02d}/f{i:05d}",
+            i,
+            original_size=i * 7,
+            data_size=i % 7,
+            compression=Compression.ZSTD,
+        )
+        for i in range(n)
+    ]
+    index = Index(encode_index(entries, data_size=DATA_SIZE, data_hash=DIGEST))
+    assert index.attributes_at(n - 1)[3] == (n - 1) * 7  # the last block first, alone
+    _check_columns(index, [5, 39_999, 20_000, 16_383, 16_384])
+    _check_columns(index, list(range(0, n, 97)))
+    for bad in ([-1], [n], [0, n]):
+        with pytest.raises(IndexError):
+            index.attributes(bad)
+    for i in (-1, n):
+        with pytest.raises(IndexError):
+            index.attributes_at(i)
+
+
+def test_subdirectory_counts() -> None:
+    paths = ["a/b/c/f", "a/b/g", "a/d/h", "a/i", "e", "j/k"]
+    index = Index(
+        encode_index([_entry(p, 0) for p in paths], data_size=DATA_SIZE, data_hash=DIGEST)
+    )
+    counts = {d: index.subdir_count(d) for d in (b"", b"a", b"a/b", b"a/b/c", b"a/d", b"j")}
+    assert counts == {b"": 2, b"a": 2, b"a/b": 1, b"a/b/c": 0, b"a/d": 0, b"j": 0}
+    assert index.subdir_count(b"e") == 0  # a file
+    assert index.subdir_count(b"nope") == 0
+
+
+# ---------------------------------------------------------------------------- listings
+
+
+def _archive(entries: list[Entry]) -> Archive:
+    index = encode_index(entries, data_size=DATA_SIZE, data_hash=DIGEST)
+    return Archive(index, BytesSource(bytes(DATA_SIZE)))
+
+
+def _tree_entries() -> list[Entry]:
+    """One directory mixing files and subdirectories whose name order differs from path order
+    (``"s-1" < "s.txt" < "s/..."``), more children than a page, and nested directories."""
+    names = [f"top/f{i:03d}" for i in range(40)]
+    names += [f"top/s{i:02d}/x" for i in range(12)]
+    names += ["top/s-1", "top/s.txt", "top/s/deep/er/file", "top/s/z", "top/t/u"]
+    names += ["root-file", "w/v"]
+    return [
+        _entry(
+            p,
+            i,
+            mode=0o640 if i % 2 else 0o755,
+            original_size=i * 1000 + 1,
+            data_size=1,
+            compression=Compression.ZSTD,
+        )
+        for i, p in enumerate(sorted(names))
+    ]
+
+
+def _listing(fs: ArchiveFS, ino: int) -> dict[bytes, Attr]:
+    fh = fs.opendir(ino)
+    try:
+        return {name: attr for name, attr, _ in fs.readdir(fh, 0)}
+    finally:
+        fs.releasedir(fh)
+
+
+@pytest.mark.parametrize(
+    ("uid", "gid", "umask"), [(None, None, None), (7, 8, 0o027), (0, None, 0o777)]
+)
+def test_listing_attributes_equal_single_node_attributes(
+    monkeypatch: pytest.MonkeyPatch, uid: int | None, gid: int | None, umask: int | None
+) -> None:
+    """The bulk path (``_fill``, pages of 7 here) and the single-node path (``getattr`` of an
+    inode nobody listed) agree on every field, with and without the owner/umask options."""
+    monkeypatch.setattr(fs_module, "READDIR_PAGE", 7)
+    entries = _tree_entries()
+    by_path = {e.path: e for e in entries}
+    with _archive(entries) as archive:
+        listed = ArchiveFS(archive, SourceInfo("x"), uid=uid, gid=gid, umask=umask)
+        single = ArchiveFS(archive, SourceInfo("x"), uid=uid, gid=gid, umask=umask)
+        todo = [(ROOT_INO, "")]
+        checked = 0
+        while todo:
+            ino, prefix = todo.pop()
+            for name, attr in _listing(listed, ino).items():
+                if name in (b".", b".."):
+                    continue
+                path = prefix + name.decode()
+                assert single.getattr(attr.ino) == attr, path
+                owner = by_path.get(path) or next(
+                    e for e in entries if e.path.startswith(path + "/")
+                )  # a directory shows its first file's owner and mtime
+                assert attr.uid == (owner.uid if uid is None else uid)
+                assert attr.gid == (owner.gid if gid is None else gid)
+                assert attr.mtime_ns == owner.mtime_ns
+                keep = 0o777 & ~(umask or 0)
+                if stat.S_ISDIR(attr.mode):
+                    assert attr.mode == stat.S_IFDIR | (DIR_MODE & keep)
+                    subdirs = {
+                        e.path[len(path) + 1 :].split("/")[0]
+                        for e in entries
+                        if e.path.startswith(path + "/") and "/" in e.path[len(path) + 1 :]
+                    }
+                    assert attr.nlink == 2 + len(subdirs), path
+                    assert (attr.size, attr.blocks) == (0, 0)
+                    todo.append((attr.ino, path + "/"))
+                else:
+                    e = by_path[path]
+                    assert attr.mode == stat.S_IFREG | (e.mode & keep)
+                    assert (attr.nlink, attr.size) == (1, e.original_size)
+                    assert attr.blocks == (e.original_size + 511) // 512
+                checked += 1
+        assert checked == len(entries) + archive.index.dir_count
+        top = _listing(listed, _lookup(listed, "top"))
+        names = [n for n in top if n not in (b".", b"..")]
+        assert names == sorted(names)
+        assert len(names) > 7 * 3  # several pages
+
+
+def _lookup(fs: ArchiveFS, path: str) -> int:
+    ino = ROOT_INO
+    for part in path.split("/"):
+        attr = fs.lookup(ino, part.encode())
+        assert attr is not None
+        ino = attr.ino
+    return ino
+
+
+def test_a_size_past_off_t_shows_as_the_largest_off_t() -> None:
+    """``st_size`` is signed: a zstd entry may claim up to 2**64 - 1 bytes (a hostile index);
+    stat shows 2**63 - 1 (no overflow in the listing, the adapter or the kernel)."""
+    entries = [_entry(n, 0, original_size=HUGE, compression=Compression.ZSTD) for n in "ab"]
+    with _archive(entries) as archive:
+        fs = ArchiveFS(archive, SourceInfo("x"))
+        listed = _listing(fs, ROOT_INO)[b"a"]
+        assert listed.size == SIZE_MAX
+        assert listed.blocks == (SIZE_MAX + 511) // 512
+        assert fs.getattr(listed.ino) == listed
+        single = fs.lookup(ROOT_INO, b"b")
+        assert single is not None
+        assert single.size == SIZE_MAX
+        assert entry_attributes(single).st_size == SIZE_MAX
+
+
+def test_dot_entries_and_the_root() -> None:
+    with _archive(_tree_entries()) as archive:
+        fs = ArchiveFS(archive, SourceInfo("x"))
+        top = _lookup(fs, "top/s")
+        listing = _listing(fs, top)
+        assert listing[b"."] == fs.getattr(top)
+        assert listing[b".."] == fs.getattr(_lookup(fs, "top"))
+        root = _listing(fs, ROOT_INO)
+        assert root[b"."] == root[b".."] == fs.getattr(ROOT_INO)
+        assert fs.getattr(ROOT_INO).nlink == 2 + 2  # top, w
+
+
+# ---------------------------------------------------------------------------- pyfuse3 form
+
+
+@pytest.mark.parametrize(
+    "attr",
+    [
+        Attr(2, stat.S_IFREG | 0o644, 1, 0, 0, 0, 0, 0),
+        Attr(5, stat.S_IFREG | 0o600, 1, 1000, 1001, 12_345, 25, 1_700_000_000_123_456_789),
+        Attr(1 << 40, stat.S_IFDIR | 0o555, 7, (1 << 32) - 1, 3, 0, 0, -1_500_000_001),
+        Attr(9, stat.S_IFREG, 1, 0, 5, SIZE_MAX, 1 << 54, 1),
+    ],
+)
+def test_entry_attributes_carry_every_field(attr: Attr) -> None:
+    """Fields left at pyfuse3's defaults are not set: what the kernel gets is still all of
+    them."""
+    e = entry_attributes(attr)
+    got = (
+        e.st_ino,
+        e.st_mode,
+        e.st_nlink,
+        e.st_uid,
+        e.st_gid,
+        e.st_size,
+        e.st_blocks,
+        e.st_mtime_ns,
+    )
+    assert got == tuple(attr)
+    assert e.st_atime_ns == e.st_ctime_ns == attr.mtime_ns
+    assert e.st_blksize == fs_module.BLOCK_SIZE
+    assert (e.entry_timeout, e.attr_timeout) == (TIMEOUT, TIMEOUT)
+    assert (e.generation, e.st_rdev) == (0, 0)
+    assert isinstance(cast(object, e), pyfuse3.EntryAttributes)
+
+
+def test_listing_attributes_of_a_real_archive(tmp_path: Path) -> None:
+    """``create_blob`` output (its own vtables) lists with the attributes of the files."""
+    from blobfs.core import create_blob, open_file
+
+    src = tmp_path / "src"
+    (src / "d/e").mkdir(parents=True)
+    (src / "d/a").write_bytes(b"abc")
+    (src / "d/e/b").write_bytes(b"x" * 1000)
+    (src / "c").write_bytes(b"")
+    (src / "d/a").chmod(0o604)
+    create_blob(src, tmp_path / "arch", compression=Compression.ZSTD).close()
+    with open_file(tmp_path / "arch/index.blob", tmp_path / "arch/data.blob") as archive:
+        fs = ArchiveFS(archive, SourceInfo("x"))
+        d = _listing(fs, _lookup(fs, "d"))
+        assert d[b"a"].size == 3
+        assert stat.S_IMODE(d[b"a"].mode) == 0o604
+        assert d[b"a"].mtime_ns == (src / "d/a").stat().st_mtime_ns
+        assert stat.S_ISDIR(d[b"e"].mode)
+        assert d[b"e"].nlink == 2
+        assert fs.getattr(ROOT_INO).nlink == 3
