@@ -409,6 +409,18 @@ class Index:
                     self._fill_block(cols, b)
         return cols.take(pos)
 
+    def attributes_range(self, lo: int, hi: int) -> AttrColumns:
+        """:meth:`attributes` of positions ``lo .. hi-1`` (a directory's files are such a run
+        when it has no subdirectories): views of the columns, no index arrays."""
+        if not 0 <= lo <= hi <= self._count:
+            raise IndexError(f"positions {lo}..{hi - 1} outside 0..{self._count - 1}")
+        cols = self._columns()
+        done = self._attr_done
+        for b in range(lo >> _ATTR_BLOCK_BITS, ((hi - 1) >> _ATTR_BLOCK_BITS) + 1 if hi else 0):
+            if not done[b]:
+                self._fill_block(cols, b)
+        return cols.take(slice(lo, hi))
+
     def attributes_at(self, i: int) -> tuple[int, int, int, int, int]:
         """``(mode bits, uid, gid, size, mtime_ns)`` of the file at position ``i``, as
         :meth:`attributes` (``IndexError`` outside ``0 .. len-1``)."""

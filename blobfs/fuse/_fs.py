@@ -280,27 +280,35 @@ class ArchiveFS:
         lister. The same values as :meth:`_node_attr`."""
         index = self.archive.index
         hi = min(len(listing), k + READDIR_PAGE)
-        positions, dirs = listing.positions[k:hi], listing.dirs[k:hi]
-        cols = index.attributes(positions)
-        keep = self._keep
-        mode = stat.S_IFREG | (cols.mode & keep)
+        n = hi - k
+        positions = listing.positions[k:hi]
+        first = positions[0]
+        inos: Iterable[int]
+        if not listing.subdirs and positions[-1] - first == n - 1:
+            # A run of files (a directory without subdirectories, the usual leaf): views of the
+            # columns and a range of inode numbers, no index arrays.
+            cols = index.attributes_range(first, first + n)
+            base = self._nodes.file_ino(first)
+            inos = range(base, base + n)
+        else:
+            cols = index.attributes(positions)
+            inos = listing.inos(k, hi)
+        mode = stat.S_IFREG | (cols.mode & self._keep)
         size = np.minimum(cols.size, np.uint64(SIZE_MAX))
+        nlink: Iterable[int] = repeat(1)
         if listing.subdirs:
+            dirs = listing.dirs[k:hi]
             isdir = np.asarray(dirs, dtype=bool)
             mode = np.where(isdir, self._dir_mode, mode)
             size = np.where(isdir, np.uint64(0), size)
             sub, prefix = index.subdir_count, listing.prefix
             names = listing.names[k:hi]
-            nlink: Iterable[int] = [
-                2 + sub(prefix + n) if d else 1 for n, d in zip(names, dirs, strict=True)
-            ]
-        else:
-            nlink = repeat(1)
+            nlink = [2 + sub(prefix + n) if d else 1 for n, d in zip(names, dirs, strict=True)]
         blocks = (size + np.uint64(511)) >> np.uint64(9)
         listing.attrs[k:hi] = map(
             _ATTR_NEW,
             zip(
-                listing.inos(k, hi),
+                inos,
                 mode.tolist(),
                 nlink,
                 cols.uid.tolist() if self._uid is None else repeat(self._uid),
@@ -308,7 +316,7 @@ class ArchiveFS:
                 size.tolist(),
                 blocks.tolist(),
                 cols.mtime_ns.tolist(),
-                strict=False,  # the repeat()s are endless; the lists have hi - k items
+                strict=False,  # the repeat()s are endless; the others have hi - k items
             ),
         )
 
