@@ -129,6 +129,14 @@ def test_attribute_columns_across_blocks() -> None:
     assert index.attributes_at(n - 1)[3] == (n - 1) * 7  # the last block first, alone
     _check_columns(index, [5, 39_999, 20_000, 16_383, 16_384])
     _check_columns(index, list(range(0, n, 97)))
+    for lo, hi in ((0, 0), (0, n), (16_000, 16_400), (39_999, 40_000)):
+        run = index.attributes_range(lo, hi)
+        every = index.attributes(list(range(lo, hi)))
+        for field in run._fields:
+            assert getattr(run, field).tolist() == getattr(every, field).tolist()
+    for lo, hi in ((-1, 3), (5, n + 1), (7, 6)):
+        with pytest.raises(IndexError):
+            index.attributes_range(lo, hi)
     for bad in ([-1], [n], [0, n]):
         with pytest.raises(IndexError):
             index.attributes(bad)
@@ -163,6 +171,7 @@ def _tree_entries() -> list[Entry]:
     names += [f"top/s{i:02d}/x" for i in range(12)]
     names += ["top/s-1", "top/s.txt", "top/s/deep/er/file", "top/s/z", "top/t/u"]
     names += ["root-file", "w/v"]
+    names += [f"w/leaf/g{i:02d}" for i in range(20)]  # files only: one run of positions
     return [
         _entry(
             p,
@@ -272,6 +281,7 @@ def test_dot_entries_and_the_root() -> None:
         root = _listing(fs, ROOT_INO)
         assert root[b"."] == root[b".."] == fs.getattr(ROOT_INO)
         assert fs.getattr(ROOT_INO).nlink == 2 + 2  # top, w
+        assert fs.getattr(_lookup(fs, "w")).nlink == 2 + 1  # leaf
 
 
 # ---------------------------------------------------------------------------- pyfuse3 form
