@@ -193,15 +193,18 @@ def _listing(fs: ArchiveFS, ino: int) -> dict[bytes, Attr]:
         fs.releasedir(fh)
 
 
+@pytest.mark.parametrize("few", [0, 1000], ids=["numpy-pages", "row-by-row"])
 @pytest.mark.parametrize(
     ("uid", "gid", "umask"), [(None, None, None), (7, 8, 0o027), (0, None, 0o777)]
 )
 def test_listing_attributes_equal_single_node_attributes(
-    monkeypatch: pytest.MonkeyPatch, uid: int | None, gid: int | None, umask: int | None
+    monkeypatch: pytest.MonkeyPatch, few: int, uid: int | None, gid: int | None, umask: int | None
 ) -> None:
-    """The bulk path (``_fill``, pages of 7 here) and the single-node path (``getattr`` of an
-    inode nobody listed) agree on every field, with and without the owner/umask options."""
+    """The bulk paths (``_fill``, pages of 7 here, made with numpy or row by row) and the
+    single-node path (``getattr`` of an inode nobody listed) agree on every field, with and
+    without the owner/umask options."""
     monkeypatch.setattr(fs_module, "READDIR_PAGE", 7)
+    monkeypatch.setattr(fs_module, "_FEW", few)
     entries = _tree_entries()
     by_path = {e.path: e for e in entries}
     with _archive(entries) as archive:
@@ -255,9 +258,13 @@ def _lookup(fs: ArchiveFS, path: str) -> int:
     return ino
 
 
-def test_a_size_past_off_t_shows_as_the_largest_off_t() -> None:
+@pytest.mark.parametrize("few", [0, 1000], ids=["numpy-pages", "row-by-row"])
+def test_a_size_past_off_t_shows_as_the_largest_off_t(
+    monkeypatch: pytest.MonkeyPatch, few: int
+) -> None:
     """``st_size`` is signed: a zstd entry may claim up to 2**64 - 1 bytes (a hostile index);
     stat shows 2**63 - 1 (no overflow in the listing, the adapter or the kernel)."""
+    monkeypatch.setattr(fs_module, "_FEW", few)
     entries = [_entry(n, 0, original_size=HUGE, compression=Compression.ZSTD) for n in "ab"]
     with _archive(entries) as archive:
         fs = ArchiveFS(archive, SourceInfo("x"))
