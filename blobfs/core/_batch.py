@@ -26,7 +26,7 @@ from ._content import ContentCache
 from ._decode import MAX_FETCH, PayloadDecoder, check_extent, decode_chunks
 from ._prefetch import ReadaheadPool
 from ._source import ByteSource
-from ._steps import fetch, run_steps, wait_done
+from ._steps import read_buffer, wait_done
 from ._types import Entry
 
 __all__ = ["aprefetch", "load_batch", "plan_batches", "prefetch"]
@@ -78,7 +78,7 @@ def load_batch(batch: list[Entry], source: ByteSource, content: ContentCache) ->
     start = batch[0].data_offset
     end = batch[-1].data_offset + batch[-1].data_size
     try:
-        payload = run_steps(fetch(start, end - start), source)
+        payload = read_buffer(source, start, end - start)
     except Exception as e:
         logger.debug("prefetch of %d files at [%d, %d) failed: %r", len(batch), start, end, e)
         return 0

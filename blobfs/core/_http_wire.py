@@ -150,15 +150,22 @@ class BodyCollector:
     range request: the rest of the blob is not downloaded), or one byte beyond an exact body
     arrived (overlong: reading on would only waste bandwidth). So at most ``take + 1`` body bytes
     are kept, and at most ``skip + take + 1`` read.
+
+    With ``into`` (a buffer of ``take`` bytes) the wanted bytes are copied there as they come,
+    instead of being kept as pieces and joined: :meth:`result` then checks the length and
+    returns ``b""``; :meth:`filled` records bytes a caller put there itself.
     """
 
-    __slots__ = ("_chunks", "_got", "_limit", "_skip", "_streamed", "take")
+    __slots__ = ("_chunks", "_got", "_into", "_limit", "_skip", "_streamed", "take")
 
-    def __init__(self, take: Take) -> None:
+    def __init__(self, take: Take, into: bytearray | None = None) -> None:
+        if into is not None and len(into) != take.take:
+            raise ValueError("the buffer must hold exactly the bytes to take")
         self.take = take
         self._skip = take.skip
         self._limit = take.take + 1 if take.exact else take.take
         self._chunks: list[bytes] = []
+        self._into = None if into is None else memoryview(into)
         self._got = 0
         self._streamed = 0
 
@@ -183,12 +190,23 @@ class BodyCollector:
         if len(chunk) > room:
             chunk = chunk[:room]
         if chunk:
-            self._chunks.append(chunk)
+            into = self._into
+            if into is None:
+                self._chunks.append(chunk)
+            else:  # the byte past an exact body only counts (it makes the body overlong)
+                n = min(len(chunk), len(into) - self._got)
+                into[self._got : self._got + n] = chunk[:n]
             self._got += len(chunk)
         return self._got >= self._limit
 
+    def filled(self, n: int) -> None:
+        """``n`` more bytes were put into the buffer directly (no ``feed``)."""
+        self._streamed += n
+        self._got += n
+
     def result(self) -> bytes:
-        """Exactly ``take`` bytes, or :class:`Problem` (malformed) for a short/overlong body."""
+        """Exactly ``take`` bytes (``b""`` with a buffer: they are there), or :class:`Problem`
+        (malformed) for a short/overlong body."""
         want = self.take.take
         if self._got < want:
             raise Problem(
@@ -198,5 +216,7 @@ class BodyCollector:
             )
         if self._got > want:
             raise Problem("malformed", f"body is longer than the {want} bytes asked for")
+        if self._into is not None:
+            return b""
         chunks = self._chunks
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -46,7 +46,7 @@ from typing import Final, TypeVar, TypeVarTuple, cast
 from ._content import ContentCache
 from ._decode import decode_chunk
 from ._source import ByteSource
-from ._steps import chunk_runs, fetch, run_steps
+from ._steps import chunk_runs, read_buffer
 from ._types import Entry
 
 __all__ = [
@@ -154,14 +154,14 @@ def load_group(
     chunks (:func:`~blobfs.core._steps.chunk_runs`), decoding, verification, cache stores. Never
     raises for a bad chunk or a failed fetch: the error is recorded for the chunks it concerns.
     """
-    found: list[ChunkResult | None] = [
-        content.get_chunk(entry, k) if content is not None else None for k in range(first, end)
-    ]
+    found: list[ChunkResult | None] = (
+        [None] * (end - first) if content is None else list(content.get_chunks(entry, first, end))
+    )
     for a, b in chunk_runs(entry, first, found, GROUP_BYTES):
         off, _ = entry.chunk_payload(a)
         last_off, last_n = entry.chunk_payload(b - 1)
         try:
-            payload = run_steps(fetch(off, last_off + last_n - off), source)
+            payload = read_buffer(source, off, last_off + last_n - off)
         except Exception as e:
             found[a - first : b - first] = [e] * (b - a)
             continue

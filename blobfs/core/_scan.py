@@ -48,7 +48,7 @@ from ..errors import IntegrityError
 from ._content import ContentCache
 from ._decode import MAX_FETCH, PayloadDecoder
 from ._source import ByteSource
-from ._steps import fetch, run_steps
+from ._steps import read_buffer
 from ._types import Entry
 
 if TYPE_CHECKING:
@@ -274,8 +274,12 @@ class ScanAhead:
         content = self._content
         results: dict[bytes, bytes] = {}
         todo: list[Entry] = []
-        for e in entries:
-            hit = None if content is None else content.get_bytes(e.hash, e.original_size, e.path)
+        hits = (
+            [None] * len(entries)
+            if content is None
+            else content.get_many([(e.hash, e.original_size, e.path, "content") for e in entries])
+        )
+        for e, hit in zip(entries, hits, strict=True):
             if hit is None:
                 todo.append(e)
             else:
@@ -284,7 +288,7 @@ class ScanAhead:
             start = run[0].data_offset
             end = run[-1].data_offset + run[-1].data_size
             try:
-                payload = run_steps(fetch(start, end - start), self._source)
+                payload = read_buffer(self._source, start, end - start)
             except Exception as err:
                 logger.debug("batch of %d files at [%d, %d): %r", len(run), start, end, err)
                 continue

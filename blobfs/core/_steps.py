@@ -51,6 +51,7 @@ __all__ = [
     "chunk_runs",
     "chunk_steps",
     "fetch",
+    "read_buffer",
     "read_whole_steps",
     "refetch_once",
     "run_steps",
@@ -143,6 +144,20 @@ def fetch(offset: int, length: int) -> Steps[bytes]:
     if data is None:  # a driver bug, not bad input
         raise RuntimeError("driver answered a Fetch with no data")
     return data
+
+
+def read_buffer(source: ByteSource, offset: int, length: int) -> bytes | bytearray:
+    """The raw bytes ``[offset, offset + length)`` of the data blob, in the calling thread
+    (blocking): through ``source.read_into`` into a fresh buffer when the source has one (an
+    HTTP source then reads a large body without copying it around, ``_http_raw.py``), else
+    ``source.read_at``; checked for length either way. For the loaders running in pool threads
+    (readahead groups, batches of small files)."""
+    read_into = getattr(source, "read_into", None)
+    if read_into is None:
+        return _checked(Fetch(offset, length), source.read_at(offset, length), source)
+    buf = bytearray(length)
+    read_into(offset, buf)
+    return buf
 
 
 def _checked(req: Fetch, data: bytes, source: ByteSource) -> bytes:
@@ -296,9 +311,9 @@ def chunk_steps(
     checks the payload extent (:func:`~blobfs.core._decode.check_extent`) and bounds the range
     (everything returned is held in memory).
     """
-    found: list[bytes | None] = [
-        content.get_chunk(entry, k) if content is not None else None for k in range(first, end)
-    ]
+    found: list[bytes | None] = (
+        [None] * (end - first) if content is None else content.get_chunks(entry, first, end)
+    )
     for a, b in chunk_runs(entry, first, found):
         off, _ = entry.chunk_payload(a)
         last_off, last_n = entry.chunk_payload(b - 1)

@@ -41,6 +41,7 @@ from ._http_proto import (
     Take,
     redact_url,
 )
+from ._http_raw import read_raw_body
 from ._source import check_range
 
 __all__ = ["HttpSource"]
@@ -172,6 +173,10 @@ class HttpSource(Closing, AsyncClosing):
     contract). The final failure is an :class:`~blobfs.errors.HttpError` naming the URL (query
     string redacted), the status and the attempts; a range outside the blob is a
     :class:`~blobfs.errors.SourceError` raised before any request.
+
+    ``read_into(offset, buffer)`` fills a caller's ``bytearray`` instead of returning bytes: a
+    large body then goes from the socket into it without the copies of the ordinary path
+    (``_http_raw.py``), which costs about a fifth of the CPU.
 
     Concurrency: ``read_at`` may be called from any number of threads at once (one pooled
     ``httpx.Client``). ``aread_at`` may be called from any number of tasks at once, all in ONE
@@ -373,6 +378,15 @@ class HttpSource(Closing, AsyncClosing):
             return b""
         return self._run_sync(ReadExchange(self._settings, self._state, offset, length, self._size))
 
+    def read_into(self, offset: int, buffer: bytearray) -> None:
+        """Fill ``buffer`` with the ``len(buffer)`` bytes at ``offset``; as ``read_at``."""
+        length = len(buffer)
+        check_range(offset, length, self._size, self._settings.display_url)
+        self._check_open()
+        if length:
+            ex = ReadExchange(self._settings, self._state, offset, length, self._size)
+            self._run_sync(ex, buffer)
+
     async def aread_at(self, offset: int, length: int) -> bytes:
         """``read_at`` for trio or asyncio tasks (one event loop per source)."""
         check_range(offset, length, self._size, self._settings.display_url)
@@ -390,7 +404,7 @@ class HttpSource(Closing, AsyncClosing):
 
     # -- the two drivers: I/O only, every decision is the exchange's --------------------------
 
-    def _run_sync(self, ex: Exchange[T]) -> T:
+    def _run_sync(self, ex: Exchange[T], into: bytearray | None = None) -> T:
         client = self._sync_client()
         while True:
             req = ex.request()
@@ -410,10 +424,18 @@ class HttpSource(Closing, AsyncClosing):
                             return step.value
                         if not isinstance(step, Take):  # FOLLOW: the exchange holds the new URL
                             continue
-                        body = BodyCollector(step)
-                        for chunk in response.iter_raw():
-                            if body.feed(chunk):
-                                break
+                        body = BodyCollector(step, into)
+                        if (
+                            into is not None
+                            and step.exact
+                            and not step.skip
+                            and read_raw_body(response, into, self._timeout.read)
+                        ):
+                            body.filled(len(into))  # straight from the socket (_http_raw.py)
+                        else:
+                            for chunk in response.iter_raw():
+                                if body.feed(chunk):
+                                    break
                         return ex.on_body(body)
                     finally:
                         # Closing mid-body drops the connection rather than draining a blob.

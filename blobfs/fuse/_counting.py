@@ -23,6 +23,7 @@ from typing import BinaryIO
 
 from ..core import ByteSource
 from ..core.cache import DEFAULT_BLOCK_SIZE, DEFAULT_MAX_BLOCKS_PER_READ, Cache
+from ..errors import SourceError
 
 __all__ = ["CountingCache", "CountingSource", "FetchCounter", "FetchStats"]
 
@@ -69,6 +70,21 @@ class CountingSource:
         data = self.source.read_at(offset, length)
         self._count(len(data))
         return data
+
+    def read_into(self, offset: int, buffer: bytearray) -> None:
+        """The wrapped source's ``read_into`` (or ``read_at``, copied in), counted."""
+        read_into = getattr(self.source, "read_into", None)
+        if read_into is None:
+            data = self.source.read_at(offset, len(buffer))
+            if len(data) != len(buffer):
+                raise SourceError(
+                    f"{self.source_id}: read of {len(buffer)} bytes at offset {offset} "
+                    f"returned {len(data)} bytes"
+                )
+            buffer[:] = data
+        else:
+            read_into(offset, buffer)
+        self._count(len(buffer))
 
     async def aread_at(self, offset: int, length: int) -> bytes:
         data = await self.source.aread_at(offset, length)

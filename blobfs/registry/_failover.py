@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from ..core._closing import AsyncClosing, Closing
 from ..core.http import HttpSource
@@ -29,6 +30,8 @@ from ..errors import HttpError
 __all__ = ["RETRY_AFTER", "FailoverSource"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 RETRY_AFTER = 30.0
 """Seconds a failed mirror is skipped before reads try it again: long enough that a dead mirror
@@ -103,16 +106,24 @@ class FailoverSource(Closing, AsyncClosing):
             RETRY_AFTER,
         )
 
-    def read_at(self, offset: int, length: int) -> bytes:
+    def _first(self, read: Callable[[HttpSource], T]) -> T:
+        """``read(candidate)`` on the first candidate that answers (see the class docstring)."""
         i = self._pick(0)
         while True:
             try:
-                return self._sources[i].read_at(offset, length)
+                return read(self._sources[i])
             except HttpError as exc:
                 if i == len(self._sources) - 1:
                     raise
                 self._failed(i, exc)
                 i = self._pick(i + 1)
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return self._first(lambda s: s.read_at(offset, length))
+
+    def read_into(self, offset: int, buffer: bytearray) -> None:
+        """``HttpSource.read_into`` with the same failover as :meth:`read_at`."""
+        self._first(lambda s: s.read_into(offset, buffer))
 
     async def aread_at(self, offset: int, length: int) -> bytes:
         i = self._pick(0)

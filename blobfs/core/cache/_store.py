@@ -72,8 +72,10 @@ hot entry is read thousands of times a second."""
 PRUNE_HEADROOM_DIV: Final = 10
 """An automatic prune frees an extra max_bytes/10, so the O(n) walk runs once per 10% of churn."""
 
-FLUSH_BYTES: Final = 1 << 20
-"""Send this process's size delta to the shared total once it reaches 1 MiB..."""
+FLUSH_BYTES: Final = 16 << 20
+"""Send this process's size delta to the shared total once it reaches 16 MiB (a mount
+storing 1 MiB chunks at hundreds of MB/s would otherwise write the database for every chunk;
+small caches flush sooner, see ``FileStore``)..."""
 
 FLUSH_SECONDS: Final = 1.0
 """... or once a second: other processes see our inserts soon, and a put rarely pays 72 µs."""
