@@ -9,6 +9,7 @@ exactly what the decoded entries say, for any index a writer may produce.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import stat
 import struct
@@ -24,8 +25,9 @@ from blobfs.fuse import SourceInfo
 from blobfs.fuse import _fs as fs_module
 from blobfs.fuse._fs import DIR_MODE, SIZE_MAX, ArchiveFS, Attr
 from blobfs.fuse._inodes import ROOT_INO
-from blobfs.fuse._ops import TIMEOUT, entry_attributes
+from blobfs.fuse._ops import TIMEOUT, Operations, entry_attributes
 
+CTX = cast(pyfuse3.RequestContext, None)
 DIGEST = hashlib.sha256(b"data").digest()
 DATA_SIZE = 1 << 20
 HUGE = (1 << 64) - 1
@@ -185,12 +187,21 @@ def _tree_entries() -> list[Entry]:
     ]
 
 
-def _listing(fs: ArchiveFS, ino: int) -> dict[bytes, Attr]:
+def _entries(fs: ArchiveFS, ino: int) -> dict[bytes, Attr | int]:
     fh = fs.opendir(ino)
     try:
         return {name: attr for name, attr, _ in fs.readdir(fh, 0)}
     finally:
         fs.releasedir(fh)
+
+
+def _listing(fs: ArchiveFS, ino: int) -> dict[bytes, Attr]:
+    """The listing of ``ino`` with the attributes of every child."""
+    out = {}
+    for name, attr in _entries(fs, ino).items():
+        assert isinstance(attr, Attr), name
+        out[name] = attr
+    return out
 
 
 @pytest.mark.parametrize("few", [0, 1000], ids=["numpy-pages", "row-by-row"])
@@ -345,3 +356,84 @@ def test_listing_attributes_of_a_real_archive(tmp_path: Path) -> None:
         assert stat.S_ISDIR(d[b"e"].mode)
         assert d[b"e"].nlink == 2
         assert fs.getattr(ROOT_INO).nlink == 3
+
+
+# ---------------------------------------------------------------------------- bare files
+
+
+def test_bare_listings_give_files_by_inode_until_a_file_is_looked_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``bare_files``, small directories list their files as inode numbers (what
+    ``find`` needs), directories with attributes; the first lookup of a file ends that."""
+    with _archive(_tree_entries()) as archive:
+        full = ArchiveFS(archive, SourceInfo("x"))
+        fs = ArchiveFS(archive, SourceInfo("x"))
+        assert not fs.bare_files  # off unless the adapter can answer bare entries
+        fs.bare_files = True
+        top = _lookup(fs, "top")  # directories only: no file looked up
+        assert fs.bare_files
+        bare, want = _entries(fs, top), _listing(full, top)
+        assert list(bare) == list(want)
+        for name, got in bare.items():
+            attr = want[name]
+            if stat.S_ISDIR(attr.mode):
+                assert got == attr
+            else:
+                assert got == attr.ino  # an int: the file's inode number only
+        # A big directory is listed with attributes (a stat of all would cost a lookup each).
+        monkeypatch.setattr(fs_module, "BARE_MAX", 10)
+        assert _listing(fs, top) == want
+        monkeypatch.undo()
+        # A file looked up by name: from now on, every listing carries attributes.
+        assert isinstance(_entries(fs, _lookup(fs, "w/leaf"))[b"g00"], int)
+        _lookup(fs, "w/leaf/g03")
+        assert not fs.bare_files
+        assert _listing(fs, _lookup(fs, "w/leaf")) == _listing(full, _lookup(full, "w/leaf"))
+        assert _listing(fs, top) == want
+
+
+@pytest.mark.trio
+async def test_adapter_answers_bare_files_without_a_node_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bare file goes to the kernel with node id 0 (no inode made, nothing cached) and its
+    real inode number and type in the directory entry; a directory with its attributes."""
+    replies: list[tuple[bytes, int, int, int, int]] = []
+
+    def reply(token: object, name: bytes, e: pyfuse3.EntryAttributes, next_id: int) -> bool:
+        # What libfuse copies: node id (= the st_ino getter) and attr.st_ino (d_ino, 24 bytes
+        # into the fuse_entry_param that follows the object header).
+        d_ino = ctypes.c_uint64.from_address(id(e) + object.__basicsize__ + 24).value
+        replies.append((name, e.st_ino, d_ino, e.st_mode, e.st_size))
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    with _archive(_tree_entries()) as archive:
+        fs = ArchiveFS(archive, SourceInfo("x"))
+        full = ArchiveFS(archive, SourceInfo("x"))
+        ops = Operations(fs)
+        assert fs.bare_files  # this pyfuse3's EntryAttributes has the layout checked for
+        top = _lookup(fs, "top")
+        want = _listing(full, top)
+        fh = await ops.opendir(top, CTX)
+        await ops.readdir(fh, 0, cast(pyfuse3.ReaddirToken, None))
+        await ops.releasedir(fh)
+        assert [r[0] for r in replies] == list(want)
+        for name, node_id, d_ino, mode, _ in replies:
+            attr = want[name]
+            assert d_ino == attr.ino
+            assert stat.S_IFMT(mode) == stat.S_IFMT(attr.mode)
+            if stat.S_ISDIR(attr.mode) or name in (b".", b".."):
+                assert node_id == attr.ino
+            else:
+                assert node_id == 0
+        # Once a file was looked up, files carry their attributes (and a node id) again.
+        await ops.lookup(top, b"f000", CTX)
+        replies.clear()
+        fh = await ops.opendir(top, CTX)
+        await ops.readdir(fh, 0, cast(pyfuse3.ReaddirToken, None))
+        await ops.releasedir(fh)
+        assert [(r[0], r[1], r[4]) for r in replies] == [
+            (n, a.ino, a.size) for n, a in want.items()
+        ]

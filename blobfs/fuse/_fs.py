@@ -40,6 +40,7 @@ from ._readers import Readers
 from ._stats import MountStats, SourceInfo
 
 __all__ = [
+    "BARE_MAX",
     "BLOCK_SIZE",
     "DIR_MODE",
     "MAX_READ",
@@ -80,6 +81,11 @@ directory; at least the last one stays."""
 READDIR_PAGE: Final = 1024
 """Children whose attributes are made together (about 0.3 ms): a page costs a few numpy calls
 plus well under a microsecond a child, and a directory listed once is listed whole."""
+
+BARE_MAX: Final = 1024
+"""Directories up to this many children may be listed with bare files (:meth:`ArchiveFS.readdir`):
+a program that then stats them all looks up at most this many before listings carry attributes
+again. A bigger directory is always listed with them."""
 
 _FEW: Final = 16
 """Pages up to this many children are made one by one (about 1 us each), bigger ones with numpy
@@ -199,6 +205,11 @@ class ArchiveFS:
         self._next_fh = 1
         self._scan = not isinstance(archive.source, FileSource)
         self._source_text = source.pinned.encode("utf-8", "surrogateescape")
+        self.bare_files = False
+        """Whether listings may give files by name and inode number only (see :meth:`readdir`;
+        the adapter turns it on when it can answer so): a program walking the tree by names and
+        types (``find``) then costs neither the daemon the files' attributes nor the kernel an
+        inode per file. Turned off for good by the first lookup of a file."""
 
     # ------------------------------------------------------------------ attributes
 
@@ -251,7 +262,14 @@ class ArchiveFS:
         (the adapter answers with a cacheable negative entry)."""
         self.stats.lookups += 1
         node = self._nodes.child(self._dir(parent), name)
-        return None if node is None else self._attr(node)
+        if node is None:
+            return None
+        if not node.is_dir:
+            # A program asks for a file by name (stat, open): listings give files with their
+            # attributes from now on, so that ls -l, du or a loader statting what it listed do
+            # not look each one up.
+            self.bare_files = False
+        return self._attr(node)
 
     def getattr(self, ino: int) -> Attr:
         attr = self._attrs.get(ino)
@@ -261,10 +279,14 @@ class ArchiveFS:
         node = self._dir(ino)
         return self._new_handle(_DirHandle(node, self._listing(node)))
 
-    def readdir(self, fh: int, start: int) -> Iterator[tuple[bytes, Attr, int]]:
+    def readdir(self, fh: int, start: int) -> Iterator[tuple[bytes, Attr | int, int]]:
         """``(name, attributes, next offset)`` from offset ``start`` on: ``.`` and ``..``, then
         the children in name order. An offset is a place in the directory's fixed listing, so
-        it stays valid across handles, concurrent listings and remounts."""
+        it stays valid across handles, concurrent listings and remounts.
+
+        With :attr:`bare_files`, a directory of at most :data:`BARE_MAX` children gives its
+        files as their inode number only (an ``int`` instead of :class:`Attr`: a regular file
+        whose attributes were not made), until a program looks a file up by name."""
         h = self._handles.get(fh)
         if not isinstance(h, _DirHandle):
             raise FsError(errno.EBADF)
@@ -274,6 +296,18 @@ class ArchiveFS:
         if start <= 1:
             yield b"..", self._attr(self._nodes.parent(node)), 2
         names, attrs = listing.names, listing.attrs
+        if self.bare_files and len(names) <= BARE_MAX:
+            dirs, positions, file_ino = listing.dirs, listing.positions, self._nodes.file_ino
+            for k in range(max(start, 2) - 2, len(names)):
+                if not dirs[k]:
+                    yield names[k], file_ino(positions[k]), k + 3
+                    continue
+                attr = attrs[k]
+                if attr is None:
+                    path = listing.prefix + names[k]
+                    attr = attrs[k] = self._row_attr(listing.ino(k), positions[k], True, path)
+                yield names[k], attr, k + 3
+            return
         for k in range(max(start, 2) - 2, len(names)):
             attr = attrs[k]
             if attr is None:
@@ -401,9 +435,10 @@ class ArchiveFS:
             self.archive.note_open(node.pos)
         return self._new_handle(_FileHandle(node, readers))
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         """Up to ``size`` bytes at ``offset`` (pread: past the end is ``b""``, reads are
-        clamped to the file and to :data:`MAX_READ`), every byte verified."""
+        clamped to the file and to :data:`MAX_READ`), every byte verified: ``bytes`` or a
+        read-only view of verified content an open file holds (handed on without a copy)."""
         h = self._handles.get(fh)
         if not isinstance(h, _FileHandle):
             raise FsError(errno.EBADF)

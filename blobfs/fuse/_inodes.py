@@ -150,6 +150,11 @@ class Listing:
     def __len__(self) -> int:
         return len(self.names)
 
+    def ino(self, i: int) -> int:
+        """Inode number of child ``i``."""
+        p = self.positions[i]
+        return self._depth_bits | p if self.dirs[i] else _FILE_BASE + p
+
     def inos(self, lo: int, hi: int) -> list[int]:
         """Inode numbers of children ``lo .. hi-1``."""
         bits = self._depth_bits

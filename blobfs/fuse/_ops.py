@@ -13,7 +13,9 @@ that are not there), and file pages across opens (``keep_cache``).
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import stat
 from collections.abc import Sequence
 from typing import Final
 
@@ -59,6 +61,58 @@ def entry_attributes(attr: Attr) -> pyfuse3.EntryAttributes:
     return e
 
 
+class _BareEntry:
+    """The answer for a child given by name and inode number only (``ArchiveFS.readdir``): a
+    readdir entry whose node id is 0, which the kernel takes as "no attributes" (it makes no
+    inode and caches nothing for it; a later stat looks the name up) while the directory entry
+    keeps the file's inode number and type (``d_ino``, ``d_type``: all ``find -type f`` needs).
+
+    pyfuse3 sets the node id and ``st_ino`` together, so the node id (the first field of the
+    ``fuse_entry_param`` in an ``EntryAttributes``) is cleared in place through ctypes, once the
+    layout has been checked on a probe object (:meth:`make`; None when it differs, and then
+    every child is answered with its attributes). One object serves every entry:
+    ``readdir_reply`` copies it into the reply at once, and readdir never awaits in between.
+    """
+
+    __slots__ = ("entry", "nodeid")
+
+    def __init__(self, entry: pyfuse3.EntryAttributes, nodeid: ctypes.c_uint64) -> None:
+        self.entry = entry
+        self.nodeid = nodeid
+
+    @classmethod
+    def make(cls) -> _BareEntry | None:
+        e = _EntryAttributes()
+        head = object.__basicsize__  # the fuse_entry_param follows the object header
+        if type(e).__basicsize__ < head + 40:
+            return None
+        e.st_ino = 0x0123456789ABCDEF  # sets fuse_param.ino and fuse_param.attr.st_ino
+        e.generation = 0x1122334455667788
+        word = ctypes.c_uint64.from_address
+        at = id(e) + head
+        # ino, generation, then struct stat (st_dev, st_ino, ...): where libfuse takes the node
+        # id, and d_ino from st_ino.
+        if (word(at).value, word(at + 8).value, word(at + 24).value) != (
+            0x0123456789ABCDEF,
+            0x1122334455667788,
+            0x0123456789ABCDEF,
+        ):
+            return None
+        nodeid = word(at)
+        nodeid.value = 0
+        if e.st_ino != 0:  # the getter reads the node id
+            return None
+        e.generation = 0
+        e.st_mode = stat.S_IFREG | 0o444
+        return cls(e, nodeid)
+
+    def __call__(self, ino: int) -> pyfuse3.EntryAttributes:
+        e = self.entry
+        e.st_ino = ino
+        self.nodeid.value = 0
+        return e
+
+
 def _negative_entry() -> pyfuse3.EntryAttributes:
     e = pyfuse3.EntryAttributes()
     e.st_ino = 0  # "no such entry", cached for entry_timeout
@@ -76,6 +130,8 @@ class Operations(pyfuse3.Operations):
     def __init__(self, fs: ArchiveFS) -> None:
         super().__init__()
         self.fs = fs
+        self._bare = _BareEntry.make()
+        fs.bare_files = self._bare is not None
 
     def _fail(
         self, e: Exception, op: str, ino: int | None = None, fh: int | None = None
@@ -109,10 +165,15 @@ class Operations(pyfuse3.Operations):
             raise self._fail(e, "opendir", inode) from None
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        reply, convert = pyfuse3.readdir_reply, entry_attributes
+        reply, convert, bare = pyfuse3.readdir_reply, entry_attributes, self._bare
         try:
             for name, attr, next_id in self.fs.readdir(fh, start_id):
-                if not reply(token, name, convert(attr), next_id):
+                if isinstance(attr, int):
+                    assert bare is not None  # the fs gives bare files only when it may
+                    entry = bare(attr)
+                else:
+                    entry = convert(attr)
+                if not reply(token, name, entry, next_id):
                     break
         except Exception as e:
             raise self._fail(e, "readdir", fh=fh) from None
@@ -160,7 +221,9 @@ class Operations(pyfuse3.Operations):
         # keep_cache: the kernel's pages of this file stay valid across opens (immutable).
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    # pyfuse3 takes any contiguous buffer (PyObject_GetBuffer in handlers.pxi), not only the
+    # bytes its signature says: a view of verified content goes to the kernel without a copy.
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
         try:
             return await self.fs.read(fh, off, size)
         except Exception as e:
