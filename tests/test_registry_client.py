@@ -35,7 +35,8 @@ from blobfs.registry._reference import Reference
 from tests._registry import LocalRegistry, local_registry
 
 CHUNK = 4 << 20
-"""Upload chunk size used here: a 20 MiB data blob then needs at least 5 PATCH requests."""
+"""Monolithic-upload limit used here: the 20 MiB+ data blob is streamed in one PATCH, the config
+and index go up in one PUT each."""
 
 
 class CountingTransport(httpx.BaseTransport):
@@ -114,9 +115,14 @@ def _put_manifest(env: Env, repo: str, target: str, doc: dict[str, Any], mt: str
 # ---------------------------------------------------------------- push / pull / fetch
 
 
-def test_push_is_chunked_and_pull_reads_everything(env: Env) -> None:
-    # The first push (in the fixture) uploaded the 20 MiB+ data blob in several PATCHes.
-    assert env.transport.calls[("PATCH", "uploads")] >= 5
+def test_push_streams_the_data_blob_in_one_patch_and_pull_reads_everything(env: Env) -> None:
+    # The first push (in the fixture): config, index and data each opened an upload; the
+    # 20 MiB+ data blob went up in one PATCH, then a PUT committed it; the small blobs in one
+    # PUT each.
+    calls = env.transport.calls
+    assert calls[("POST", "uploads")] == 3
+    assert calls[("PATCH", "uploads")] == 1
+    assert calls[("PUT", "uploads")] == 3
     m = env.pushed
     assert m.artifact_type == ARTIFACT_TYPE
     assert m.annotations["org.opencontainers.image.created"].endswith("Z")
@@ -441,37 +447,243 @@ def test_5xx_is_retried_and_a_swapped_index_blob_is_detected(env: Env) -> None:
     upstream.close()
 
 
-def test_a_failed_chunk_restarts_the_upload(env: Env, tmp_path: Path) -> None:
-    # The first PATCH of a new blob fails with 502: the whole upload starts again and succeeds.
-    upstream = httpx.Client()
-    port = int(env.host.split(":")[1])
-    failed: list[str] = []
+class _Recorded(httpx.SyncByteStream):
+    """A request body passed on as it is sent, a copy kept in ``seen``."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.method == "PATCH" and not failed:
-            failed.append(request.url.path)
-            return httpx.Response(502)
-        real = upstream.send(
-            upstream.build_request(
-                request.method,
-                request.url.copy_with(host="127.0.0.1", port=port),
-                headers=request.headers,
-                content=request.content,
-            )
-        )
-        real.read()
-        return httpx.Response(real.status_code, headers=real.headers, content=real.content)
+    def __init__(self, inner: Any, seen: bytearray) -> None:
+        self.inner = inner
+        self._seen = seen
 
+    def __iter__(self) -> Iterator[bytes]:
+        for piece in self.inner:
+            self._seen += piece
+            yield piece
+
+
+class _Scripted(httpx.BaseTransport):
+    """Sends requests to the real registry, except where ``script(request)`` answers first.
+
+    Unlike ``httpx.MockTransport`` it does not read request bodies into memory (which would
+    make httpx send the cached bytes again instead of iterating the body a second time): a
+    script consumes a streamed body itself, as a server would. ``bodies`` records the body of
+    every PATCH as it was sent.
+    """
+
+    def __init__(self, script: Any) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.script = script
+        self.bodies: list[bytearray] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PATCH":
+            seen = bytearray()
+            self.bodies.append(seen)
+            inner = request.stream
+            if isinstance(inner, _Recorded):  # the same request sent again (auth flow)
+                inner = inner.inner
+            request.stream = _Recorded(inner, seen)
+        answer: httpx.Response | None = self.script(request)
+        if answer is not None:
+            return answer
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _drain(request: httpx.Request, limit: int | None = None) -> None:
+    """Read a streamed request body (all of it, or about ``limit`` bytes) as a server would."""
+    got = 0
+    assert isinstance(request.stream, httpx.SyncByteStream)
+    for piece in request.stream:
+        got += len(piece)
+        if limit is not None and got >= limit:
+            return
+
+
+def _random_src(tmp_path: Path) -> tuple[Path, bytes]:
+    """A directory holding one 3 MiB random file (stored raw: a data blob over 1 MiB)."""
     src = tmp_path / "src"
     src.mkdir()
-    (src / "r.bin").write_bytes(os.urandom(3 << 20))
+    data = os.urandom(3 << 20)
+    (src / "r.bin").write_bytes(data)
+    return src, data
+
+
+@pytest.mark.parametrize("fault", ["502", "connection dropped"])
+def test_a_failed_upload_starts_again(env: Env, tmp_path: Path, fault: str) -> None:
+    """The streamed PATCH of the data blob fails (a 502 once the body is in, or the connection
+    breaks while the body is being sent): the whole upload starts again with a new POST, from
+    the file's start, and succeeds; the registry's digest check of the commit proves the
+    bytes are whole."""
+    posts: list[str] = []
+
+    def script(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "POST":
+            posts.append(request.url.path)
+        if request.method == "PATCH" and len(transport.bodies) == 1:
+            if fault == "502":
+                _drain(request)
+                return httpx.Response(502)
+            _drain(request, 1 << 20)
+            raise httpx.WriteError("connection reset by peer", request=request)
+        return None
+
+    transport = _Scripted(script)
+    src, data = _random_src(tmp_path)
     with (
-        httpx.Client(transport=httpx.MockTransport(handler)) as http,
+        httpx.Client(transport=transport) as http,
         Registry(client=http, backoff=0.01, chunk_size=1 << 20) as client,
     ):
-        m = client.push(f"{env.host}/test/retry:1", src, compression=Compression.NONE)
-        assert failed
-        with client.pull(f"{env.host}/test/retry:1") as archive:
-            assert archive.read_file("r.bin") == (src / "r.bin").read_bytes()
-    assert m.data_descriptor.size == 3 << 20  # stored raw: three 1 MiB PATCHes
-    upstream.close()
+        ref = f"{env.host}/test/retry-{fault.split()[0]}:1"  # a new repository: no blob there
+        m = client.push(ref, src, compression=Compression.NONE)
+        with client.pull(ref) as archive:
+            assert archive.read_file("r.bin") == data
+    assert m.data_descriptor.size == 3 << 20  # stored raw, so over chunk_size: streamed
+    sizes = [len(b) for b in transport.bodies]
+    assert sizes == [3 << 20 if fault == "502" else 1 << 20, 3 << 20], sizes
+    assert len(posts) == 4  # config, index, data, data again
+
+
+def test_401_on_the_streamed_patch_sends_the_whole_body_again(env: Env, tmp_path: Path) -> None:
+    """A token that expires just before the PATCH: the registry answers 401 with a Bearer
+    challenge, the auth flow fetches a token and sends the same request again, so the body
+    must be re-iterable (not a one-shot stream) and start over from the file's first byte."""
+    from blobfs.registry import RegistryAuth
+
+    tokens: list[str] = []
+    challenge = 'Bearer realm="http://tokens.invalid/token",service="reg"'
+
+    def script(request: httpx.Request) -> httpx.Response | None:
+        if request.url.host == "tokens.invalid":
+            tokens.append(str(request.url.params.get("scope")))
+            return httpx.Response(200, json={"token": f"t{len(tokens)}", "expires_in": 300})
+        if request.method == "PATCH":
+            if len(transport.bodies) == 1:
+                _drain(request)
+                return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+            assert request.headers["Authorization"] == "Bearer t1"
+        return None
+
+    transport = _Scripted(script)
+    src, _ = _random_src(tmp_path)
+    seen: list[int] = []
+    with (
+        httpx.Client(transport=transport) as http,
+        Registry(client=http, auth=RegistryAuth(), backoff=0.01, chunk_size=1 << 20) as client,
+    ):
+        m = client.push(
+            f"{env.host}/test/reauth:1",
+            src,
+            compression=Compression.NONE,
+            progress=lambda d, done, total: seen.append(done) if total == 3 << 20 else None,
+        )
+    assert m.data_descriptor.size == 3 << 20
+    assert len(transport.bodies) == 2
+    for body in transport.bodies:  # both sendings: the whole blob from its first byte
+        assert digest_of(bytes(body)) == m.data_descriptor.digest
+    assert tokens == ["repository:test/reauth:pull,push"]
+    # Progress started over for the second sending: 0, 1 MiB, 2 MiB, twice; then complete.
+    assert seen == [0, 1 << 20, 2 << 20, 0, 1 << 20, 2 << 20, 3 << 20]
+
+
+def test_a_local_file_that_changed_is_not_committed(env: Env, tmp_path: Path) -> None:
+    """A local archive whose data blob changed after it was made (same size): the upload is
+    hashed on the way, so the push fails with DigestMismatch before the commit, and the
+    registry never stores the blob."""
+    from blobfs.core import create_blob
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "r.bin").write_bytes(os.urandom(2 << 20))
+    create_blob(tree, tmp_path / "arch", compression=Compression.NONE).close()
+    blob = tmp_path / "arch" / "data.blob"
+    raw = bytearray(blob.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    blob.write_bytes(bytes(raw))
+    with Registry(chunk_size=1 << 20, retries=0) as client:
+        with pytest.raises(DigestMismatch, match="local file") as info:
+            client.push(f"{env.host}/test/changed:1", tmp_path / "arch")
+        with pytest.raises(RegistryNotFound):
+            client.fetch(f"{env.host}/test/changed:1")
+    assert info.value.actual == "sha256:" + hashlib.sha256(bytes(raw)).hexdigest()
+    for digest in (info.value.expected, info.value.actual):  # neither was committed
+        r = httpx.head(f"{env.reg.base_url}/v2/test/changed/blobs/{digest}")
+        assert r.status_code == 404
+
+
+def test_a_streamed_upload_holds_a_few_pieces_in_memory(env: Env, tmp_path: Path) -> None:
+    """24 MiB streamed from its file: Python allocations peak at a few 1 MiB pieces, never the
+    blob (tracemalloc sees every bytes object the upload makes)."""
+    import tracemalloc
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "big.bin").write_bytes(os.urandom(24 << 20))
+    from blobfs.core import create_blob
+
+    create_blob(tree, tmp_path / "arch", compression=Compression.NONE).close()
+    with Registry(chunk_size=1 << 20) as client:
+        tracemalloc.start()
+        try:
+            client.push(f"{env.host}/test/memory:1", tmp_path / "arch")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 8 << 20, f"peak {peak >> 20} MiB"
+
+
+def test_tls_certificate_failures_are_not_retried(tmp_path: Path) -> None:
+    """A registry whose certificate does not verify: one handshake, one clear error, for a
+    fetch and for a push (no upload restarts either)."""
+    import socket
+    import ssl
+    import threading
+
+    from tests.test_registry_tls import _write_ca  # a self-signed CA certificate suffices
+
+    key, _ = _write_ca(tmp_path / "cert.pem", "127.0.0.1")
+    from cryptography.hazmat.primitives import serialization
+
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    accepted: list[int] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            try:
+                with ctx.wrap_socket(conn, server_side=True):
+                    pass
+            except (OSError, ssl.SSLError):
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with Registry(plain_http=False, retries=3, backoff=0.01) as client:
+            with pytest.raises(RegistryError, match="certificate verify failed") as info:
+                client.fetch(f"127.0.0.1:{port}/team/app:v1")
+            assert "attempts" not in str(info.value)
+            assert len(accepted) == 1
+            (tmp_path / "src").mkdir()
+            (tmp_path / "src" / "a.txt").write_bytes(b"a")
+            with pytest.raises(RegistryError, match="certificate verify failed"):
+                client.push(f"127.0.0.1:{port}/team/app:v1", tmp_path / "src")
+            assert len(accepted) == 2
+    finally:
+        server.close()
+        thread.join(5)

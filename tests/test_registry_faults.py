@@ -187,10 +187,12 @@ def test_token_expiry_mid_read_is_refreshed(
             assert token not in caplog.text
 
 
-def test_token_expiry_mid_push_resends_the_chunk(tmp_path: Path) -> None:
-    """A chunked upload outlives its token: the registry's 401 on a PATCH makes the flow fetch a
-    new token and send the same chunk again (bodies are re-iterable, not one-shot streams); the
-    registry's digest check of the finished upload proves the bytes are whole."""
+def test_token_expiry_mid_push_is_refreshed_for_the_commit(tmp_path: Path) -> None:
+    """A streamed upload outlives its token: the PATCH was let in while the token was good, the
+    commit (PUT) that follows is refused with 401, so the flow fetches a new token and commits;
+    the registry's digest check of the finished upload proves the bytes are whole. (A 401 on
+    the PATCH itself, which makes the flow send the whole body again, is in
+    test_registry_client.py.)"""
     src = tmp_path / "src"
     src.mkdir()
     (src / "big.bin").write_bytes(os.urandom(3 << 20))
@@ -205,7 +207,7 @@ def test_token_expiry_mid_push_resends_the_chunk(tmp_path: Path) -> None:
         slept: list[int] = []
 
         def progress(digest: str, done: int, total: int) -> None:
-            if 0 < done < total and not slept:  # after the data blob's first chunk
+            if 0 < done < total and not slept:  # inside the data blob's PATCH
                 slept.append(done)
                 time.sleep(3)  # the cached token is now refused by the registry
 
@@ -219,6 +221,39 @@ def test_token_expiry_mid_push_resends_the_chunk(tmp_path: Path) -> None:
             with client.pull(f"{reg.host}/team/up:v1") as archive:
                 assert archive.manifest.digest == pushed.digest
                 assert archive.read_file("big.bin") == (src / "big.bin").read_bytes()
+
+
+def test_registry_restarted_mid_push_starts_the_upload_again(
+    origin: LocalRegistry, tmp_path: Path
+) -> None:
+    """The registry dies in the middle of the data blob's streamed PATCH and comes back on the
+    same port: the broken upload is started again from the file's first byte (a new upload),
+    and the push succeeds."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(4 << 20)
+    (src / "big.bin").write_bytes(data)
+    starts: list[int] = []
+    restarted: list[int] = []
+
+    def progress(digest: str, done: int, total: int) -> None:
+        if total != len(data):
+            return
+        if done == 0:
+            starts.append(done)
+        elif done < total and not restarted:
+            restarted.append(done)
+            origin.restart()  # the connection carrying the PATCH dies with the old process
+
+    with Registry(retries=2, backoff=0.05, chunk_size=1 << 20) as client:
+        pushed = client.push(
+            f"{origin.host}/team/restart:v1", src, compression=Compression.NONE, progress=progress
+        )
+        assert restarted
+        assert len(starts) == 2  # the data blob was sent twice, from its first byte
+        with client.pull(f"{origin.host}/team/restart:v1") as archive:
+            assert archive.manifest.digest == pushed.digest
+            assert archive.read_file("big.bin") == data
 
 
 # ------------------------------------------------------------------ real registry: storage

@@ -3,8 +3,8 @@
 Push, pull (lazy, range requests), fetch, inspect, tag, list tags, referrers and attached
 artifacts of blobfs archives in any OCI distribution registry, over one pooled
 ``httpx.Client``. Manifests are kept as the exact raw bytes received or built; every blob
-fetched is checked against its digest before use; uploads stream from files in chunks and never
-hold a blob in memory. The parts, each a class :class:`Registry` inherits from:
+fetched is checked against its digest before use; uploads stream from files and never hold a
+blob in memory. The parts, each a class :class:`Registry` inherits from:
 
 - :mod:`._transport`: settings, URLs, requests with retries and caps, mirrors, manifest GETs;
 - :mod:`._upload`: blob uploads, manifest puts, ``push``;
@@ -40,7 +40,8 @@ class Registry(Artifacts):
       ``auth`` is still passed per request when given); not closed by :meth:`close`.
     - ``retries``/``backoff``: 5xx, 408, 429 and connection errors are retried ``retries`` times
       with exponential backoff (manifest/blob GETs, HEADs, manifest PUTs and whole uploads).
-    - ``chunk_size``: bytes per PATCH of blob uploads.
+    - ``chunk_size``: blobs up to this size are uploaded in one PUT from memory; larger ones
+      are streamed from their file in one PATCH (default 8 MiB).
     - ``caches``: :class:`~blobfs.registry.cache.RegistryCaches` used by :meth:`fetch`,
       :meth:`pull` and :meth:`inspect`: a tag resolved within the ref-cache TTL is not asked
       again, manifests and indexes found by digest (verified, exact raw bytes) are not

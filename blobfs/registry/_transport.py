@@ -52,8 +52,9 @@ MAX_RETRY_AFTER = 10.0
 retries rather than hanging for the server's whole wish)."""
 
 DEFAULT_CHUNK_SIZE = 8 << 20
-"""Bytes per PATCH of a chunked upload: large enough that per-request cost is small next to the
-transfer, small enough to bound memory (one chunk in flight) and the work lost to a failure."""
+"""Largest blob uploaded in one monolithic PUT from memory (configs, most indexes); larger blobs
+are streamed from their file in one PATCH (``_upload.py``), so memory stays bounded whatever
+the blob's size."""
 
 MAX_MANIFEST_SIZE = 4 << 20
 """Largest manifest or referrers index read (the limit registries themselves apply): a hostile
@@ -120,10 +121,27 @@ def unreachable(exc: RegistryError) -> bool:
     return isinstance(exc.__context__, httpx.TransportError)
 
 
+def cert_failure(exc: BaseException | None) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind ``exc`` (httpx wraps httpcore's error,
+    which wraps the ``ssl`` one), or None. Such a failure is never retried: the certificate
+    will not change in a moment, and each attempt costs a handshake."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
 def transient(exc: RegistryError) -> bool:
     """True when a moment may cure ``exc``: a retryable status or a network failure (the
-    TransportError is the context of the RegistryError raised from it)."""
-    return exc.status in RETRY_STATUS or isinstance(exc.__context__, httpx.TransportError)
+    TransportError is the context of the RegistryError raised from it), except a TLS
+    certificate that failed verification."""
+    if exc.status in RETRY_STATUS:
+        return True
+    cause = exc.__context__
+    return isinstance(cause, httpx.TransportError) and cert_failure(cause) is None
 
 
 def retry_delay(backoff: float, attempt: int, retry_after: str | None) -> float:
@@ -293,6 +311,10 @@ class Transport:
             try:
                 r = call()
             except httpx.TransportError as exc:
+                if cert_failure(exc) is not None:  # not retried: see cert_failure
+                    raise RegistryError(
+                        f"{what}: {redact(url)}: {type(exc).__name__}: {exc}"
+                    ) from None
                 if last:
                     raise RegistryError(
                         f"{what}: {redact(url)}: {type(exc).__name__}: {exc}"
