@@ -15,6 +15,7 @@ import pytest
 from blobfs.cli import main
 from tests._cli import Capture, run, run_json
 from tests._registry import LocalRegistry, local_registry
+from tests._trees import write_tree
 
 FILES = {
     "docs/readme.md": b"# hello\n" * 300,
@@ -315,12 +316,7 @@ def test_reference_commands_fill_registry_caches(pushed: str, capsysbinary: Capt
 def _many_files_tree(root: Path) -> dict[str, bytes]:
     files = {f"d{i % 7}/f{i:03d}.txt": f"file {i}\n".encode() * (i + 1) for i in range(200)}
     files["big/blob.bin"] = bytes(range(251)) * (3 * 4096 + 17)  # ~3 MiB: chunked, readahead
-    for n, (name, data) in enumerate(sorted(files.items())):
-        p = root / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-        p.chmod(0o755 if n % 5 == 0 else 0o640)
-        os.utime(p, ns=(MTIME_NS + n, MTIME_NS + n))
+    write_tree(root, files, mtime_ns=MTIME_NS, exec_every=5)
     return files
 
 
@@ -378,6 +374,52 @@ def test_pull_corrupt_blob_fails_cleanly(
     assert "Traceback" not in err
     assert not list(dest.rglob(".blobfs-*"))
     assert not (dest / "d3" / "f010.txt").exists()
+
+
+def test_pull_never_follows_a_symlink_in_dest(
+    pushed: str, tmp_path: Path, capsysbinary: Capture
+) -> None:
+    """A symlink planted where an archive directory goes: the pull refuses it in one line,
+    writes nothing through it, and leaves no temporary file."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "pulled"
+    dest.mkdir()
+    (dest / "docs").symlink_to(outside)
+    rc, out, err = run(capsysbinary, "pull", pushed, str(dest))
+    assert rc == 1
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert "symlink" in err
+    assert f"{dest / 'docs'}" in err
+    assert not list(outside.iterdir())
+    assert not list(dest.rglob(".blobfs-*"))
+
+
+def test_pull_progress_bar_and_quiet(
+    registry: LocalRegistry, tmp_path: Path, capsysbinary: Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal a pull over 8 MiB draws a bar on stderr and erases it before the summary;
+    with ``-q`` a successful pull prints nothing at all."""
+    from blobfs.cli import _progress
+
+    src = tmp_path / "big"
+    src.mkdir()
+    (src / "random.bin").write_bytes(os.urandom(9 << 20))
+    (src / "small.txt").write_bytes(b"small\n")
+    ref = f"{host_of(registry)}/team/bar:v1"
+    rc, _, err = run(capsysbinary, "push", ref, str(src), "-c", "none")
+    assert rc == 0, err
+    monkeypatch.setattr(_progress, "_isatty", lambda stream: True)
+    rc, out, err = run(capsysbinary, "pull", ref, str(tmp_path / "a"))
+    assert rc == 0, err
+    assert "pulling" in err
+    assert "100%" in err
+    assert err.endswith("\r\x1b[K")
+    assert "Files:       2" in out
+    rc, out, err = run(capsysbinary, "pull", "-q", ref, str(tmp_path / "b"))
+    assert (rc, out, err) == (0, "", "")
+    assert (tmp_path / "b" / "random.bin").read_bytes() == (src / "random.bin").read_bytes()
 
 
 def test_login_missing_ca_file_is_one_line_error(tmp_path: Path, capsysbinary: Capture) -> None:

@@ -10,7 +10,8 @@ Rules (``docs/cli.md`` has the user's version):
   when missing).
 * Jail: every directory below the destination root is opened with ``O_NOFOLLOW`` relative to
   its parent's descriptor (``openat``), so a symlink planted inside DEST is never followed, not
-  even by a race; the final name is replaced with ``rename``, which replaces a symlink itself.
+  even by a race; the final name is replaced with ``rename``, which replaces a symlink itself
+  (``blobfs.core._dest``, shared with ``pull``).
 * Atomic: content goes to ``.blobfs-<hex>`` in the target directory and is renamed over the name
   only after the archive verified it; any failure removes the temporary file.
 * Existing files are skipped (a warning each) unless ``-f/--force``; an existing *directory* in
@@ -22,15 +23,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
-import os
-import secrets
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from ..core import Archive, DirInfo, Entry, normalize_path
+from ..core._dest import Jail, PendingFile
 from ._common import (
     ArchiveSpec,
     Ctx,
@@ -45,9 +43,6 @@ __all__ = ["cmd_cp"]
 
 COPY_PIECE: Final = 1 << 20
 """Extraction copies 1 MiB at a time: one chunk of a chunked entry, bounded memory per file."""
-
-_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,63 +75,6 @@ def _parse_sources(args: argparse.Namespace, texts: list[str]) -> list[_Source]:
     return sources
 
 
-class _Jail:
-    """Directory descriptors below one destination root, opened without following symlinks.
-
-    Keeps only the chain of the current directory open (files are visited in path order), so
-    an archive with a million directories does not need a million descriptors. One jail is
-    single-threaded; several jails (one per thread) may share a root: a directory created by
-    another jail meanwhile is simply opened.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._chain: list[tuple[str, int]] = [("", os.open(root, os.O_RDONLY | os.O_DIRECTORY))]
-
-    def close(self) -> None:
-        for _, fd in self._chain:
-            os.close(fd)
-        self._chain.clear()
-
-    def __enter__(self) -> _Jail:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def dir_fd(self, parts: tuple[str, ...]) -> int:
-        """Descriptor of directory ``root/parts...``, creating missing directories."""
-        chain = self._chain
-        keep = 1
-        while keep < len(chain) and keep - 1 < len(parts) and chain[keep][0] == parts[keep - 1]:
-            keep += 1
-        for _, fd in chain[keep:]:
-            os.close(fd)
-        del chain[keep:]
-        for i in range(keep - 1, len(parts)):
-            name = parts[i]
-            parent = chain[-1][1]
-            shown = self.root.joinpath(*parts[: i + 1])
-            try:
-                fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-            except FileNotFoundError:
-                # Another jail on the same root (parallel pull) may create it first.
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, 0o777, dir_fd=parent)
-                fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-            except OSError as e:
-                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
-                    raise
-                st = os.lstat(name, dir_fd=parent)
-                if stat.S_ISLNK(st.st_mode):
-                    raise CliError(
-                        f"{shown}: is a symlink in the destination; refusing to follow it"
-                    ) from None
-                raise CliError(f"{shown}: exists and is not a directory") from None
-            chain.append((name, fd))
-        return chain[-1][1]
-
-
 def _plan(args: argparse.Namespace, ar: Archive, src: _Source, dest: Path, many: bool) -> _Plan:
     st = ar.stat(src.path)
     dest_is_dir = dest.is_dir()
@@ -157,7 +95,7 @@ def _plan(args: argparse.Namespace, ar: Archive, src: _Source, dest: Path, many:
 
 def _write_one(
     ar: Archive,
-    jail: _Jail,
+    jail: Jail,
     parts: tuple[str, ...],
     entry: Entry,
     *,
@@ -166,33 +104,20 @@ def _write_one(
     bar: ProgressBar,
 ) -> bool:
     """Extract one file; False when it was skipped because it exists."""
-    pfd = jail.dir_fd(parts[:-1])
-    name = parts[-1]
-    shown = jail.root.joinpath(*parts)
+    if jail.exists(parts) and not force:
+        return False
+    out = PendingFile(jail, parts, private=preserve)
     try:
-        st = os.lstat(name, dir_fd=pfd)
-    except FileNotFoundError:
-        pass
-    else:
-        if stat.S_ISDIR(st.st_mode):
-            raise CliError(f"{shown}: is a directory in the destination; not replaced")
-        if not force:
-            return False
-    tmp = f".blobfs-{secrets.token_hex(8)}"
-    fd = os.open(tmp, _FILE_FLAGS, 0o600 if preserve else 0o644, dir_fd=pfd)
-    try:
-        with os.fdopen(fd, "wb") as f, ar.open(entry.path) as src:
+        with ar.open(entry.path) as src:
             while piece := src.read(COPY_PIECE):
-                f.write(piece)
+                out.write(piece)
                 bar.advance(len(piece))
-            f.flush()
-            if preserve:
-                os.fchmod(f.fileno(), entry.mode & 0o777)
-                os.utime(f.fileno(), ns=(entry.mtime_ns, entry.mtime_ns))
-        os.replace(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+        if preserve:
+            out.commit(entry.mode, entry.mtime_ns)
+        else:
+            out.commit()
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=pfd)
+        out.abort()
         raise
     return True
 
@@ -229,7 +154,7 @@ def cmd_cp(args: argparse.Namespace, ctx: Ctx) -> int:
                 dest.mkdir(parents=True, exist_ok=True)
             elif not root.is_dir():
                 raise CliError(f"{root}: no such directory")
-            with _Jail(root) as jail:
+            with Jail(root) as jail:
                 for parts, entry in sorted(plan.files, key=lambda pe: pe[0]):
                     if _write_one(
                         ar, jail, parts, entry, force=args.force, preserve=args.preserve, bar=bar

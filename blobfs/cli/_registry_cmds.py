@@ -4,12 +4,13 @@
   then under each ``--tag``; ``--annotation k=v`` adds manifest annotations. A DIR that is an
   archive already (``index.blob`` + ``data.blob``) is pushed as it is. On a terminal a progress
   bar follows the archiving, then each blob's upload.
-* ``pull REF [DEST]``: extract every file into DEST (default ``.``, created ``0750``) with the
-  ``cp`` machinery: verified, confined to DEST (no symlink followed), atomic per file, archived
-  mode bits and mtimes applied, existing files skipped unless ``-f``. Files are written by
-  :data:`PULL_WORKERS` threads; with a content cache the small files are prefetched first (few
-  range requests). The first failing file stops the pull (exit 1, one line) once the files
-  already running finish; no temporary file is left.
+* ``pull REF [DEST]``: extract every file into DEST (default ``.``, created ``0750``) with
+  :func:`blobfs.core.extract`: the data blob read once, in order, in large ranges a few at a
+  time, each file verified before it is renamed into place, confined to DEST (no symlink
+  followed), archived mode bits and mtimes applied, existing files skipped unless ``-f``. The
+  first failure stops the pull (exit 1, one line); no temporary file is left. The content and
+  block caches are not used for the data (every byte is written out anyway); the registry
+  caches are.
 * ``tag SRC DST``: give SRC's manifest (same bytes, same digest) the tag of DST; both in one
   repository.
 * ``inspect REF``: manifest digest, sizes, files, compression, created, annotations (index and
@@ -25,17 +26,13 @@ remembered from an older answer).
 from __future__ import annotations
 
 import argparse
-import threading
 from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
-from ..core import Archive, Compression, CreateProgress, Entry
+from ..core import Compression, CreateProgress, extract
 from ._archive_cmds import cmd_inspect
 from ._common import Ctx, make_client, parse_reference, reference_arg, usage_error
-from ._cp import _Jail, _write_one
 from ._output import CliError, human_size
 from ._progress import ProgressBar
 from ._trust_cmds import referrer_lines, referrer_listing
@@ -51,108 +48,6 @@ def _annotations(args: argparse.Namespace) -> dict[str, str]:
             usage_error(args, f"--annotation wants KEY=VALUE, got {text!r}")
         out[key] = value
     return out
-
-
-PULL_WORKERS: Final = 4
-"""Files extracted at once by ``pull``: enough to overlap the registry's round trips (range
-requests of files not prefetched, big files' readahead) and local writes, few enough not to
-flood the registry or the disk; each worker holds one file open and its directory chain."""
-
-PREFETCH_SMALL_FILE: Final = 1 << 20
-"""``pull`` prefetches the files under 1 MiB: those are the ones a request each would cost most."""
-
-PREFETCH_MAX_BYTES: Final = 256 << 20
-"""Prefetch only when the small files total at most 256 MiB: the content cache holds them until
-they are written, and a cache that size is what a user may reasonably expect to be filled."""
-
-
-class _LockedBar(ProgressBar):
-    """A :class:`ProgressBar` whose ``advance`` may be called from the extraction threads."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._lock = threading.Lock()
-
-    def advance(self, n: int) -> None:
-        with self._lock:
-            super().advance(n)
-
-
-def _prefetch_small_files(ar: Archive, entries: list[Entry]) -> None:
-    """Load the small files into the content cache with few range requests, when there is a
-    content cache and the small files total at most :data:`PREFETCH_MAX_BYTES`.
-
-    A hint: a file that fails to prefetch is fetched (and its failure reported) when written.
-    """
-    if ar.cache is None:
-        return
-    small = sum(e.size for e in entries if e.size < PREFETCH_SMALL_FILE)
-    if 0 < small <= PREFETCH_MAX_BYTES:
-        ar.prefetch("")
-
-
-def _extract_parallel(
-    ar: Archive,
-    dest: Path,
-    entries: list[Entry],
-    *,
-    force: bool,
-    bar: ProgressBar,
-) -> Iterator[tuple[Entry, bool]]:
-    """Write ``entries`` below ``dest`` in :data:`PULL_WORKERS` threads, each file through the
-    ``cp`` machinery (jailed, atomic, verified; archived modes and mtimes applied).
-
-    Yields ``(entry, written)`` as files finish (``written`` False: it existed and ``force`` is
-    off), in completion order. At most twice :data:`PULL_WORKERS` files are in flight. The
-    first failure stops submitting files, waits for the ones running, and is raised; a failed
-    file leaves no temporary file behind (``_write_one`` removes it). Each thread has its own
-    :class:`_Jail` (a jail is single-threaded); all are closed before returning.
-    """
-    local = threading.local()
-    jails: list[_Jail] = []
-    jails_lock = threading.Lock()
-
-    def write(e: Entry) -> bool:
-        jail: _Jail | None = getattr(local, "jail", None)
-        if jail is None:
-            jail = _Jail(dest)
-            local.jail = jail
-            with jails_lock:
-                jails.append(jail)
-        parts = tuple(e.path.split("/"))
-        return _write_one(ar, jail, parts, e, force=force, preserve=True, bar=bar)
-
-    pending: dict[Future[bool], Entry] = {}
-    failure: BaseException | None = None
-    try:
-        with ThreadPoolExecutor(PULL_WORKERS, thread_name_prefix="blobfs-pull") as pool:
-            todo = iter(entries)
-            try:
-                while True:
-                    while failure is None and len(pending) < 2 * PULL_WORKERS:
-                        e = next(todo, None)
-                        if e is None:
-                            break
-                        pending[pool.submit(write, e)] = e
-                    if not pending:
-                        break
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        e = pending.pop(fut)
-                        exc = fut.exception()
-                        if exc is not None:
-                            if failure is None:
-                                failure = exc
-                        elif failure is None:
-                            yield e, fut.result()
-            finally:  # interrupted (^C, a consumer's error): drop what has not started
-                for fut in pending:
-                    fut.cancel()
-    finally:
-        for jail in jails:
-            jail.close()
-    if failure is not None:
-        raise failure
 
 
 def cmd_push(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -207,24 +102,17 @@ def cmd_pull(args: argparse.Namespace, ctx: Ctx) -> int:
     if dest.exists() and not dest.is_dir():
         raise CliError(f"{dest}: exists and is not a directory")
     out = ctx.out
-    copied = 0
-    copied_bytes = 0
-    skipped: list[str] = []
-    with make_client(ctx) as client, client.pull(ref, max_file_size=0) as ar:
+    # The registry alone (its manifest/index caches and policy), not the client's content and
+    # block caches: a full extraction reads each byte once and writes it out, so storing it in
+    # a cache too would double the disk writes for nothing.
+    with make_client(ctx) as client, client.registry.pull(ref, max_file_size=0) as ar:
         resolved = f"{ref.registry}/{ref.repository}@{ar.manifest.digest}"
-        entries = sorted(ar.walk(""), key=lambda e: e.path.split("/"))
-        total = sum(e.size for e in entries)
+        entries = list(ar.walk(""))
         dest.mkdir(mode=0o750, parents=True, exist_ok=True)
-        _prefetch_small_files(ar, entries)
-        with _LockedBar(total, "pulling", quiet=out.quiet) as bar:
-            for e, written in _extract_parallel(ar, dest, entries, force=args.force, bar=bar):
-                if written:
-                    copied += 1
-                    copied_bytes += e.size
-                else:
-                    skipped.append(str(dest.joinpath(*e.path.split("/"))))
-                    bar.advance(e.size)
-    skipped.sort()
+        with ProgressBar(sum(e.size for e in entries), "pulling", quiet=out.quiet) as bar:
+            report = extract(entries, ar.source, dest, force=args.force, progress=bar.advance)
+    skipped = sorted(str(dest.joinpath(*e.path.split("/"))) for e in report.skipped)
+    copied, copied_bytes = len(report.written), report.written_bytes
     if out.json:
         result: dict[str, Any] = {
             "ref": str(ref),
@@ -240,6 +128,8 @@ def cmd_pull(args: argparse.Namespace, ctx: Ctx) -> int:
         return 0
     for s in skipped:
         out.warn(f"{s}: exists, skipped (use -f to overwrite)")
+    if out.quiet:
+        return 0
     rows = [
         ("Pulled", str(ref)),
         ("Resolved", resolved),

@@ -4,6 +4,8 @@
 - :func:`create` / :func:`create_blob`: archive a directory tree (streamed, deterministic).
 - :class:`Archive` over any :class:`ByteSource`, :func:`open_file` for a local archive: listings,
   verified whole-file reads, random-access file objects, ``verify()``, and async twins.
+- :func:`extract`: write many files out at once, reading the data blob once in large ranges
+  (verified, jailed, atomic).
 - :func:`plan`, :func:`decode_chunks`, :class:`PayloadDecoder`: the sans-IO read mechanism the
   archive, the CLI and (later) the mount share.
 """
@@ -26,6 +28,8 @@ from ._decode import PayloadDecoder as PayloadDecoder
 from ._decode import ReadPlan as ReadPlan
 from ._decode import decode_chunks as decode_chunks
 from ._decode import plan as plan
+from ._extract import ExtractReport as ExtractReport
+from ._extract import extract as extract
 from ._file import ArchiveFile as ArchiveFile
 from ._file import AsyncArchiveFile as AsyncArchiveFile
 from ._index import Index as Index
@@ -68,6 +72,7 @@ __all__ = [
     "DirEntry",
     "DirInfo",
     "Entry",
+    "ExtractReport",
     "FileSource",
     "Index",
     "PayloadDecoder",
@@ -81,6 +86,7 @@ __all__ = [
     "decode_chunks",
     "default_skip_compression",
     "encode_index",
+    "extract",
     "normalize_path",
     "open_file",
     "plan",

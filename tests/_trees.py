@@ -1,0 +1,20 @@
+"""Source trees for archive tests: files with set contents, permission bits and mtimes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["write_tree"]
+
+
+def write_tree(root: Path, files: dict[str, bytes], *, mtime_ns: int, exec_every: int) -> None:
+    """Write ``files`` (archive path -> content) below ``root``; in path order, every
+    ``exec_every``-th file is ``0755``, the others ``0640``; the n-th has mtime
+    ``mtime_ns + n``."""
+    for n, (name, data) in enumerate(sorted(files.items())):
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        p.chmod(0o755 if n % exec_every == 0 else 0o640)
+        os.utime(p, ns=(mtime_ns + n, mtime_ns + n))
