@@ -146,16 +146,22 @@ class Mount:
         self.mnt = Path(tempfile.mkdtemp(prefix="mnt-", dir=base))
         self.cache_dir = cache_dir
         self.ready_s = 0.0
+        self.pid: int | None = None
 
     def __enter__(self) -> Mount:
         t0 = time.perf_counter()
         subprocess.run(
             [*BLOBFS, "mount", self.ref, os.fspath(self.mnt), "-o", f"cache_dir={self.cache_dir}"],
             check=True,
+            stdout=subprocess.DEVNULL,
         )
-        os.stat(self.mnt)  # the first stat answered by the daemon
-        self.ready_s = time.perf_counter() - t0
-        self.pid = _daemon_pid(self.mnt)
+        try:
+            os.stat(self.mnt)  # the first stat answered by the daemon
+            self.ready_s = time.perf_counter() - t0
+            self.pid = _daemon_pid(self.mnt)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
