@@ -29,11 +29,11 @@ _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def check_parts(parts: tuple[str, ...], shown: str) -> None:
+def check_parts(root: Path, parts: tuple[str, ...]) -> None:
     """Refuse path components that would leave the directory they are looked up in (the index
     never holds them; a caller's own path might)."""
     if not parts or any(p in ("", ".", "..") or "/" in p or "\0" in p for p in parts):
-        raise OSError(errno.EINVAL, "not a plain relative path", shown)
+        raise OSError(errno.EINVAL, "not a plain relative path", str(root.joinpath(*parts)))
 
 
 class Jail:
@@ -95,7 +95,7 @@ class Jail:
     def exists(self, parts: tuple[str, ...]) -> bool:
         """Whether ``root/parts...`` exists as a non-directory (a symlink counts, unfollowed);
         an existing directory there raises ``IsADirectoryError`` (it is never replaced)."""
-        check_parts(parts, str(self.root.joinpath(*parts)))
+        check_parts(self.root, parts)
         pfd = self.dir_fd(parts[:-1])
         try:
             st = os.lstat(parts[-1], dir_fd=pfd)
@@ -116,34 +116,42 @@ class PendingFile:
     Holds its own descriptors (the file and a duplicate of its directory), so it may be
     written and committed from another thread than the one that created it, after that
     thread's jail moved on. Exactly one of :meth:`commit` or :meth:`abort` ends it; ``abort``
-    is idempotent and safe after a failed ``commit``.
+    is idempotent and safe after a failed ``commit``. File-system errors are ``OSError`` naming
+    the destination path (not the temporary name).
     """
 
-    __slots__ = ("_dir_fd", "_fd", "_tmp", "name", "shown")
+    __slots__ = ("_dir_fd", "_fd", "_parts", "_root", "_tmp")
 
     def __init__(self, jail: Jail, parts: tuple[str, ...], *, private: bool) -> None:
         """Create ``.blobfs-<hex>`` in ``root/parts[:-1]`` (mode 0600 when ``private``, for
         content whose archived mode is applied at commit; else 0644 less the umask)."""
-        self.shown = str(jail.root.joinpath(*parts))
-        check_parts(parts, self.shown)
-        self.name = parts[-1]
+        check_parts(jail.root, parts)
+        self._root = jail.root
+        self._parts = parts
+        self._fd = -1
         self._dir_fd = os.dup(jail.dir_fd(parts[:-1]))
         self._tmp = f".blobfs-{secrets.token_hex(8)}"
         try:
             self._fd = os.open(
                 self._tmp, _FILE_FLAGS, 0o600 if private else 0o644, dir_fd=self._dir_fd
             )
-        except BaseException:
-            os.close(self._dir_fd)
-            self._dir_fd = -1
-            raise
+        except OSError as e:
+            self.abort()
+            raise self._named(e) from None
+
+    def _named(self, e: OSError) -> OSError:
+        """``e`` about the destination path (an error names it, so building it waits)."""
+        return OSError(e.errno, e.strerror, str(self._root.joinpath(*self._parts)))
 
     def write(self, data: bytes | memoryview) -> None:
         """Append ``data`` (unverified content may go here: nothing is visible until commit)."""
         view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as e:
+            raise self._named(e) from None
 
     def commit(self, mode: int | None = None, mtime_ns: int | None = None) -> None:
         """Apply ``mode`` (permission bits) and ``mtime_ns`` when given, close, and rename over
@@ -155,7 +163,11 @@ class PendingFile:
                 os.utime(self._fd, ns=(mtime_ns, mtime_ns))
             fd, self._fd = self._fd, -1
             os.close(fd)
-            os.replace(self._tmp, self.name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            name = self._parts[-1]
+            os.replace(self._tmp, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        except OSError as e:
+            self.abort()
+            raise self._named(e) from None
         except BaseException:
             self.abort()
             raise

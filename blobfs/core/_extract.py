@@ -47,6 +47,7 @@ from ..errors import IntegrityError
 from ._decode import PayloadDecoder, check_extent, decode_chunk
 from ._dest import Jail, PendingFile
 from ._source import ByteSource
+from ._steps import read_buffer
 from ._types import Compression, Entry
 
 __all__ = ["EXTRACT_RANGE", "EXTRACT_WORKERS", "ExtractReport", "extract"]
@@ -326,7 +327,9 @@ class _Extraction:
             done.append(job.entry)
         if not task.pieces:
             return 0, done
-        data = memoryview(self.source.read_at(task.offset, task.length))
+        # Into one fresh buffer, with no copy on the way when the source can (an HTTP source
+        # reads a large body straight from the socket: _http_raw.py).
+        data = memoryview(read_buffer(self.source, task.offset, task.length))
         written = 0
         for p in task.pieces:
             job = p.job
