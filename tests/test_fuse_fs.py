@@ -696,7 +696,7 @@ async def test_reading_files_in_order_loads_the_next_ones_in_batches(
         async def cat(path: str) -> bytes:
             fh = fs.open(_ino(fs, path), os.O_RDONLY)
             try:
-                return await fs.read(fh, 0, 1 << 20)
+                return bytes(await fs.read(fh, 0, 1 << 20))
             finally:
                 await fs.release(fh)
 

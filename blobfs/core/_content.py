@@ -14,9 +14,11 @@ read path's rules (ARCHITECTURE.md section 3):
 - **Write-behind** (:meth:`ContentCache.write_behind`, used by the mount): ``put_bytes`` hands
   the content to one writer thread and returns, so a read answers before its content reached
   the disk; lookups see pending entries (already verified, in memory), so a read right after
-  finds what the previous one stored. Pending content is bounded; a full queue makes
-  ``put_bytes`` wait (the disk is the bottleneck then).
-  :meth:`ContentCache.stop_write_behind` stores what is pending.
+  finds what the previous one stored. Pending content is bounded, and content arriving while
+  the queue is full is not stored (counted in :attr:`ContentCache.dropped`): reads never wait
+  for the cache's disk, which on some file systems creates files at a few hundred a second
+  (ext4 without a journal scans recently deleted inodes on every create), far fewer than a
+  tree of small files is read. :meth:`ContentCache.stop_write_behind` stores what is pending.
 
 Keys are content digests (the entry's ``hash`` for a whole file, ``chunk_hash(k)`` for a chunk),
 so identical content is shared by every archive using the same cache.
@@ -88,6 +90,7 @@ class ContentCache:
         "_pending_bytes",
         "_warned",
         "_writer",
+        "dropped",
     )
 
     def __init__(self, cache: Cache) -> None:
@@ -96,10 +99,11 @@ class ContentCache:
         self._limit: int | None = None  # max_bytes(), asked once: it is configuration
         self._cond = threading.Condition()
         # digest -> verified content not stored yet, oldest first (write-behind only)
-        self._pending: OrderedDict[bytes, bytes] = OrderedDict()
+        self._pending: OrderedDict[bytes, bytes | memoryview] = OrderedDict()
         self._pending_bytes = 0
         self._max_pending = 0  # 0: put_bytes stores in the calling thread
         self._writer: threading.Thread | None = None
+        self.dropped = 0  # puts not stored because the write-behind queue was full
 
     @classmethod
     def of(cls, cache: Cache | None) -> ContentCache | None:
@@ -283,9 +287,11 @@ class ContentCache:
                 self._limit = 0
         return self._limit <= 0 or size <= self._limit
 
-    def put_bytes(self, digest: bytes, data: bytes) -> None:
+    def put_bytes(self, digest: bytes, data: bytes | memoryview) -> None:
         """Store verified ``data`` under ``digest``; failures are logged, never raised. With
-        write-behind on, the writer thread stores it (see the module docstring)."""
+        write-behind on, the writer thread stores it (see the module docstring); a view must
+        then stay unchanged until it is stored (the read path's views are of buffers nothing
+        writes again)."""
         if not self.fits(len(data)):
             return
         if self._max_pending:
@@ -294,7 +300,7 @@ class ContentCache:
                     return
         self._store(digest, data)
 
-    def _store(self, digest: bytes, data: bytes) -> None:
+    def _store(self, digest: bytes, data: bytes | memoryview) -> None:
         # A cache taking bytes directly (DiskCache) saves copying them through a file object.
         put_bytes = getattr(self._cache, "put_bytes", None)
         if put_bytes is None:
@@ -316,7 +322,8 @@ class ContentCache:
 
     def write_behind(self, max_pending: int = WRITE_BEHIND_BYTES) -> None:
         """From now on ``put_bytes`` queues content for a writer thread (started here) instead
-        of storing it in the calling thread; at most ``max_pending`` bytes wait. Idempotent."""
+        of storing it in the calling thread; at most ``max_pending`` bytes wait, content that
+        does not fit is dropped. Idempotent."""
         if max_pending <= 0:
             raise ValueError("max_pending must be positive")
         with self._cond:
@@ -332,19 +339,25 @@ class ContentCache:
             return None
         with self._cond:
             data = self._pending.get(digest)
-        return data if data is not None and len(data) == size else None
+        if data is None or len(data) != size:
+            return None
+        return data if isinstance(data, bytes) else bytes(data)
 
-    def _enqueue_locked(self, digest: bytes, data: bytes) -> bool:
-        """Queue ``data``; False when write-behind is off (now), so the caller stores it."""
+    def _enqueue_locked(self, digest: bytes, data: bytes | memoryview) -> bool:
+        """Queue ``data`` (or drop it when the queue is full: see the module docstring); False
+        when write-behind is off, so the caller stores it."""
         if not self._max_pending:
             return False
         if digest in self._pending:
             return True
-        # Backpressure: wait while the queue is full (an oversized item alone still goes in).
-        while self._pending and self._pending_bytes + len(data) > self._max_pending:
-            self._cond.wait()
-            if not self._max_pending:
-                return False
+        if self._pending and self._pending_bytes + len(data) > self._max_pending:
+            self.dropped += 1
+            if self.dropped == 1:
+                logger.info(
+                    "content cache: the disk is slower than the reads; content that does not "
+                    "fit the write queue is not cached (read again from the source next time)"
+                )
+            return True
         self._pending[digest] = data
         self._pending_bytes += len(data)
         self._cond.notify_all()

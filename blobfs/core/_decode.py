@@ -17,7 +17,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Final, cast
+from typing import IO, Final, TypeAlias, cast
 
 import zstandard
 
@@ -26,16 +26,22 @@ from ._types import Compression, Entry
 
 __all__ = [
     "MAX_FETCH",
+    "Buffer",
     "PayloadDecoder",
     "ReadPlan",
     "check_extent",
     "decode_chunk",
+    "decode_chunk_view",
     "decode_chunks",
     "plan",
     "split_range",
 ]
 
 logger = logging.getLogger(__name__)
+
+Buffer: TypeAlias = bytes | memoryview
+"""Verified content as the read path passes it on: ``bytes``, or a read-only view of a buffer
+its loader owns and never writes again (no copy; see :func:`decode_chunk_view`)."""
 
 MAX_FETCH: Final = 8 << 20
 """Most payload bytes fetched in one request when streaming: a registry range request costs about
@@ -279,20 +285,37 @@ def _one_frame(payload: bytes | memoryview, size: int) -> bytes | None:
     return data if len(data) == size else None
 
 
-def decode_chunk(entry: Entry, k: int, payload: bytes | memoryview) -> bytes:
-    """Chunk ``k`` of ``entry`` decoded from its payload and verified against the chunk table."""
+def decode_chunk_view(entry: Entry, k: int, payload: memoryview) -> Buffer:
+    """:func:`decode_chunk` that answers an uncompressed chunk with a read-only view of
+    ``payload`` instead of a copy: for loaders that own the buffer behind ``payload`` and never
+    write it again (a readahead group), so the verified chunk costs no memory or copy of its
+    own."""
+    if entry.compression != Compression.NONE:
+        return decode_chunk(entry, k, payload)
+    _check_raw_chunk(entry, k, payload)
+    return payload.toreadonly()
+
+
+def _check_raw_chunk(entry: Entry, k: int, payload: bytes | memoryview) -> None:
     start, end = entry.chunk_bounds(k)
     what = f"chunk {k}"
+    if len(payload) != end - start:
+        raise IntegrityError(
+            entry.path, f"{what} payload is {len(payload)} bytes, expected {end - start}"
+        )
+    actual = hashlib.sha256(payload).digest()
+    expected = entry.chunk_hash(k)
+    if actual != expected:
+        raise HashMismatch(entry.path, expected.hex(), actual.hex(), what=what)
+
+
+def decode_chunk(entry: Entry, k: int, payload: bytes | memoryview) -> bytes:
+    """Chunk ``k`` of ``entry`` decoded from its payload and verified against the chunk table."""
     if entry.compression == Compression.NONE:
-        if len(payload) != end - start:
-            raise IntegrityError(
-                entry.path, f"{what} payload is {len(payload)} bytes, expected {end - start}"
-            )
-        actual = hashlib.sha256(payload).digest()
-        expected = entry.chunk_hash(k)
-        if actual != expected:
-            raise HashMismatch(entry.path, expected.hex(), actual.hex(), what=what)
+        _check_raw_chunk(entry, k, payload)
         return payload if isinstance(payload, bytes) else bytes(payload)
+    start, end = entry.chunk_bounds(k)
+    what = f"chunk {k}"
     size, digest = end - start, entry.chunk_hash(k)
     data = _one_frame(payload, size)
     if data is not None:

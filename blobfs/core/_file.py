@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Final
 from ._aio import checkpoint
 from ._closing import AsyncClosing
 from ._content import ContentCache
-from ._decode import MAX_FETCH, PayloadDecoder, check_extent
+from ._decode import MAX_FETCH, Buffer, PayloadDecoder, check_extent
 from ._prefetch import Readahead, ReadaheadPool
 from ._scan import ScanAhead
 from ._source import ByteSource
@@ -103,9 +103,9 @@ class _FileCore:
         )
         self.pos = 0
         self.closed = False
-        self._chunk: tuple[int, bytes] | None = None  # (index, verified content) of last chunk
+        self._chunk: tuple[int, Buffer] | None = None  # (index, verified content) of last chunk
         # v1 entries: the verified content, in memory or (big files) in a spool file
-        self._spool: bytes | tempfile.SpooledTemporaryFile[bytes] | None = None
+        self._spool: Buffer | tempfile.SpooledTemporaryFile[bytes] | None = None
 
     @property
     def readahead(self) -> Readahead | None:
@@ -139,7 +139,7 @@ class _FileCore:
                 k == kept or (ra is not None and ra.ready(k))
                 for k in range(start // cs, (end - 1) // cs + 1)
             )
-        if isinstance(self._spool, bytes):
+        if isinstance(self._spool, bytes | memoryview):
             return True
         return self._spool is None and self._scan is not None and self._scan.ready(self.entry)
 
@@ -149,12 +149,12 @@ class _FileCore:
         if self.entry.chunked or self._spool is not None or self._scan is None:
             return True
         got = self._scan.claim(self.entry)
-        if isinstance(got, bytes):
+        if isinstance(got, bytes | memoryview):
             self._spool = got
             return True
         return False
 
-    def read_steps(self, size: int) -> Steps[bytes]:
+    def read_steps(self, size: int) -> Steps[Buffer]:
         """Read up to ``size`` bytes (all the rest if negative) at the position, and advance.
 
         A failed read leaves the position and the verified state as they were, so it can run
@@ -162,7 +162,7 @@ class _FileCore:
         """
         return refetch_once(self._source, self.entry, lambda: self._read_once(size))
 
-    def _read_once(self, size: int) -> Steps[bytes]:
+    def _read_once(self, size: int) -> Steps[Buffer]:
         start = self.pos
         end = self.entry.original_size if size < 0 else min(self.entry.original_size, start + size)
         if start >= end:
@@ -174,18 +174,18 @@ class _FileCore:
         self.pos = start + len(data)
         return data
 
-    def _read_chunked(self, start: int, end: int) -> Steps[bytes]:
+    def _read_chunked(self, start: int, end: int) -> Steps[Buffer]:
         entry = self.entry
         cs = entry.chunk_size
         last = (end - 1) // cs
         ra = self._ra
         if ra is not None:
             ra.begin(start, end)
-        parts: list[bytes] = []
+        parts: list[Buffer] = []
         pos = start
         while pos < end:
             k = pos // cs
-            data: bytes | None = None
+            data: Buffer | None = None
             if self._chunk is not None and self._chunk[0] == k:
                 data = self._chunk[1]
             elif ra is not None and (group := ra.group_for(k)) is not None:
@@ -199,10 +199,10 @@ class _FileCore:
                 # At most MAX_FETCH of content (at least one chunk) per round, so a large read
                 # is loaded in big coalesced ranges while its memory stays bounded.
                 chunks = yield from self._load_chunks(k, min(last + 1, k + max(1, MAX_FETCH // cs)))
-                for data in chunks[:-1]:
-                    piece = data[pos - k * cs : end - k * cs]
-                    parts.append(piece)
-                    pos += len(piece)
+                for chunk in chunks[:-1]:
+                    part = chunk[pos - k * cs : end - k * cs]
+                    parts.append(part)
+                    pos += len(part)
                     k += 1
                 data = chunks[-1]
             piece = data[pos - k * cs : end - k * cs]
@@ -217,16 +217,16 @@ class _FileCore:
         check_extent(self.entry, self._source_size)
         return (yield from chunk_steps(self.entry, first, end, self._content))
 
-    def _read_spooled(self, start: int, end: int) -> Steps[bytes]:
+    def _read_spooled(self, start: int, end: int) -> Steps[Buffer]:
         spool = self._spool
         if spool is None:
             spool = self._spool = yield from self._load_whole()
-        if isinstance(spool, bytes):
+        if isinstance(spool, bytes | memoryview):
             return spool if start == 0 and end >= len(spool) else spool[start:end]
         spool.seek(start)
         return spool.read(end - start)
 
-    def _load_whole(self) -> Steps[bytes | tempfile.SpooledTemporaryFile[bytes]]:
+    def _load_whole(self) -> Steps[Buffer | tempfile.SpooledTemporaryFile[bytes]]:
         entry = self.entry
         scan = self._scan
         if scan is not None:
@@ -234,7 +234,7 @@ class _FileCore:
             if isinstance(got, Future):  # a batch is loading it: wait rather than fetch again
                 yield Wait(got)
                 got = scan.claim(entry)
-            if isinstance(got, bytes):
+            if isinstance(got, bytes | memoryview):
                 return got
         if entry.original_size <= SPOOL_MEMORY:
             return (
@@ -279,8 +279,12 @@ class _FileCore:
         if self._ra is not None:
             self._ra.discard()
         spool, self._spool = self._spool, None
-        if spool is not None and not isinstance(spool, bytes):
+        if spool is not None and not isinstance(spool, bytes | memoryview):
             spool.close()
+
+
+def _as_bytes(data: Buffer) -> bytes:
+    return data if isinstance(data, bytes) else bytes(data)
 
 
 class _Described:
@@ -344,14 +348,19 @@ class ArchiveFile(_Described, io.RawIOBase):
             raise ValueError("I/O operation on closed file")
 
     def read(self, size: int | None = -1, /) -> bytes:
-        self._check_open()
-        return run_steps(self._core.read_steps(-1 if size is None else size), self._source)
+        return _as_bytes(self.read_buffer(-1 if size is None else size))
 
-    def read_ready(self, size: int = -1) -> bytes | None:
-        """``read(size)`` if it can be served from memory (the kept chunk, finished readahead,
-        content in memory), else None without doing anything: never fetches, waits or touches
-        the content cache, so an event loop may call it (the mount answers most reads of a
-        sequential stream this way, without a thread hop)."""
+    def read_buffer(self, size: int = -1) -> Buffer:
+        """:meth:`read`, answered with ``bytes`` or a read-only ``memoryview`` of verified
+        content the file object holds (no copy: what the mount hands the kernel)."""
+        self._check_open()
+        return run_steps(self._core.read_steps(size), self._source)
+
+    def read_ready(self, size: int = -1) -> Buffer | None:
+        """:meth:`read_buffer` if it can be served from memory (the kept chunk, finished
+        readahead, content in memory), else None without doing anything: never fetches, waits
+        or touches the content cache, so an event loop may call it (the mount answers most
+        reads of a sequential stream this way, without a thread hop)."""
         self._check_open()
         core = self._core
         if not core.in_memory(size) or not core.take_scanned():
@@ -437,10 +446,10 @@ class AsyncArchiveFile(_Described, AsyncClosing):
             await checkpoint()
             self._enter()  # the checkpoint may have let another task in
             if self._core.in_memory(size) and self._core.take_scanned():
-                return run_steps(self._core.read_steps(size), self._source)
+                return _as_bytes(run_steps(self._core.read_steps(size), self._source))
         self._busy = True
         try:
-            return await arun_steps(self._core.read_steps(size), self._source)
+            return _as_bytes(await arun_steps(self._core.read_steps(size), self._source))
         finally:
             self._busy = False
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Final, TypeVar, TypeVarTuple, cast
 
 from ._content import ContentCache
-from ._decode import decode_chunk
+from ._decode import decode_chunk_view
 from ._source import ByteSource
 from ._steps import chunk_runs, read_buffer
 from ._types import Entry
@@ -141,8 +141,9 @@ class ReadaheadPool:
             executor.shutdown(wait=True, cancel_futures=True)
 
 
-ChunkResult = bytes | Exception
-"""A group's answer for one chunk: its verified content, or why it could not be had."""
+ChunkResult = bytes | memoryview | Exception
+"""A group's answer for one chunk: its verified content (a read-only view of the group's
+buffer for an uncompressed chunk: no copy), or why it could not be had."""
 
 
 def load_group(
@@ -169,7 +170,7 @@ def load_group(
         for k in range(a, b):
             k_off, k_n = entry.chunk_payload(k)
             try:
-                chunk = decode_chunk(entry, k, view[k_off - off : k_off - off + k_n])
+                chunk = decode_chunk_view(entry, k, view[k_off - off : k_off - off + k_n])
             except Exception as e:
                 found[k - first] = e
                 continue
@@ -304,7 +305,7 @@ class Readahead:
             self._ramp = min(GROUP_BYTES, 2 * max(limit, size))
             held += size
 
-    def take(self, group: Group, k: int) -> bytes | None:
+    def take(self, group: Group, k: int) -> bytes | memoryview | None:
         """Chunk ``k`` of a done ``group``; None (and the window dropped) if it failed."""
         try:
             chunks = group.future.result(timeout=0)
@@ -313,7 +314,7 @@ class Readahead:
             self.discard()
             return None
         item = chunks[k - group.first]
-        if isinstance(item, bytes):
+        if not isinstance(item, Exception):
             return item
         logger.debug("%s: readahead of chunk %d failed: %r", self._entry.path, k, item)
         self.discard()
@@ -326,7 +327,7 @@ class Readahead:
                 fut = g.future
                 if not fut.done() or fut.cancelled() or fut.exception() is not None:
                     return False
-                return isinstance(fut.result()[k - g.first], bytes)
+                return not isinstance(fut.result()[k - g.first], Exception)
         return False
 
     def discard(self) -> None:

@@ -38,18 +38,19 @@ Concurrency: every method may be called from any thread (one lock); loads run in
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from ..errors import IntegrityError
+from ..errors import HashMismatch, IntegrityError
 from ._content import ContentCache
-from ._decode import MAX_FETCH, PayloadDecoder
+from ._decode import MAX_FETCH, Buffer, PayloadDecoder
 from ._source import ByteSource
 from ._steps import read_buffer
-from ._types import Entry
+from ._types import Compression, Entry
 
 if TYPE_CHECKING:
     from ._index import Index
@@ -83,6 +84,11 @@ GAP: Final = 16
 STREAMS: Final = 4
 """Scans followed at once (``xargs -P4``, parallel loaders)."""
 
+PAUSE: Final = 256
+"""Positions a stream stops loading ahead for once a batch was passed without any of its files
+read through it (the kernel's page cache answers them, or the program opens without
+reading): then it starts again with a small batch, to see whether reads came back."""
+
 PLAN_SPAN: Final = 512
 """Index positions decoded per planning step: bounds the time one open spends planning (a few
 hundred microseconds) when many files in a row are not batchable."""
@@ -94,8 +100,9 @@ class _Batch:
     size: int  # payload bytes
     end: int  # the position after its last file
     future: Future[None] = field(default_factory=Future)
-    results: dict[bytes, bytes] = field(default_factory=dict)  # file hash -> verified content
+    results: dict[bytes, Buffer] = field(default_factory=dict)  # file hash -> verified content
     retired: bool = False
+    claimed: int = 0  # files handed over
 
 
 @dataclass(eq=False, slots=True)
@@ -104,6 +111,7 @@ class _Stream:
     next: int  # first position not planned yet
     scanning: bool = False
     planned: int = 0  # batches planned so far (the first ones are smaller)
+    paused_until: int = -1  # no loading ahead before this position (see PAUSE)
     batches: collections.deque[_Batch] = field(default_factory=collections.deque)
 
 
@@ -150,11 +158,20 @@ class ScanAhead:
                 stream.scanning = True
                 stream.next = pos  # the file just opened is the first one to load
             stream.last = pos
+            wasted = False
             while stream.batches and stream.batches[0].end <= pos:
-                self._retire(stream.batches.popleft())  # passed: unclaimed files are dropped
+                batch = stream.batches.popleft()  # passed: unclaimed files are dropped
+                wasted = wasted or not batch.claimed
+                self._retire(batch)
+            if wasted:
+                stream.paused_until = pos + PAUSE
+                stream.planned = 0
+            if pos < stream.paused_until:
+                return
+            stream.next = max(stream.next, pos)
             self._plan(stream)
 
-    def claim(self, entry: Entry) -> bytes | Future[None] | None:
+    def claim(self, entry: Entry) -> Buffer | Future[None] | None:
         """The verified content of ``entry`` if a batch loaded it (handed over once), the
         future of the batch loading it, or None (see the module docstring)."""
         if not self._by_hash:
@@ -167,6 +184,7 @@ class ScanAhead:
                 return batch.future
             del self._by_hash[entry.hash]
             data = batch.results.pop(entry.hash, None)
+            batch.claimed += 1
         return data if data is not None and len(data) == entry.original_size else None
 
     def ready(self, entry: Entry) -> bool:
@@ -259,7 +277,7 @@ class ScanAhead:
     def _load(self, batch: _Batch) -> None:
         if not batch.future.set_running_or_notify_cancel():
             return  # retired before it started
-        results: dict[bytes, bytes] = {}
+        results: dict[bytes, Buffer] = {}
         try:
             results = self._load_entries(batch.entries)
         except Exception as e:  # a hint only: the readers read their files themselves
@@ -270,9 +288,9 @@ class ScanAhead:
                     batch.results = results
             batch.future.set_result(None)
 
-    def _load_entries(self, entries: list[Entry]) -> dict[bytes, bytes]:
+    def _load_entries(self, entries: list[Entry]) -> dict[bytes, Buffer]:
         content = self._content
-        results: dict[bytes, bytes] = {}
+        results: dict[bytes, Buffer] = {}
         todo: list[Entry] = []
         hits = (
             [None] * len(entries)
@@ -319,8 +337,21 @@ def _adjacent_runs(entries: list[Entry]) -> list[list[Entry]]:
     return runs
 
 
-def _decode_whole(entry: Entry, payload: memoryview) -> bytes:
-    """The content of a file without a chunk table from its whole payload, verified."""
+def _decode_whole(entry: Entry, payload: memoryview) -> Buffer:
+    """The content of a file without a chunk table from its whole payload, verified: for an
+    uncompressed file a read-only view of the batch's buffer (no copy; the buffer is never
+    written again), else the decoded bytes."""
+    if entry.compression == Compression.NONE:
+        if len(payload) != entry.original_size:
+            raise IntegrityError(
+                entry.path,
+                f"uncompressed payload is {len(payload)} bytes but original_size is "
+                f"{entry.original_size}",
+            )
+        actual = hashlib.sha256(payload).digest()
+        if actual != entry.hash:
+            raise HashMismatch(entry.path, entry.hash.hex(), actual.hex())
+        return payload.toreadonly()
     parts: list[bytes] = []
     dec = PayloadDecoder.for_entry(entry, sink=parts.append)
     dec.feed(payload)

@@ -147,7 +147,7 @@ class CountingCache:
     def put(self, digest: bytes, f: BinaryIO) -> None:
         self._inner.put(digest, f)
 
-    def put_bytes(self, digest: bytes, data: bytes) -> None:
+    def put_bytes(self, digest: bytes, data: bytes | memoryview) -> None:
         """The inner cache's ``put_bytes`` when it has one (no copy through a file object)."""
         put_bytes = getattr(self._inner, "put_bytes", None)
         if put_bytes is None:

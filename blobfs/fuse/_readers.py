@@ -33,6 +33,7 @@ from typing import Final
 import trio
 
 from ..core import Archive, ArchiveFile, Entry, FileSource
+from ..core._decode import Buffer
 
 __all__ = ["READERS_PER_FILE", "Readers"]
 
@@ -90,8 +91,9 @@ class Readers:
             return r
         return min(readers, key=lambda r: r.queued)
 
-    async def read(self, offset: int, size: int) -> bytes:
-        """Up to ``size`` verified bytes at ``offset`` (the caller clamps to the file size)."""
+    async def read(self, offset: int, size: int) -> Buffer:
+        """Up to ``size`` verified bytes at ``offset`` (the caller clamps to the file size): a
+        ``bytes`` or a read-only view of content the file object holds (no copy)."""
         r = self._pick(offset)
         r.tail = offset + size
         r.queued += 1
@@ -106,8 +108,8 @@ class Readers:
                 if data is not None:
                     return data
                 if self._inline:
-                    return f.read(size)
-                return await trio.to_thread.run_sync(f.read, size)
+                    return f.read_buffer(size)
+                return await trio.to_thread.run_sync(f.read_buffer, size)
         finally:
             r.queued -= 1
 
