@@ -9,7 +9,7 @@ fallbacks: a transport that is not httpcore's socket stream, a body without Cont
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -49,8 +49,13 @@ def test_large_reads_are_exact_and_keep_the_connection(
 ) -> None:
     taken: list[bool] = []
 
-    def spy(response: httpx.Response, buf: bytearray, timeout: float | None) -> bool:
-        taken.append(read_raw_body(response, buf, timeout))
+    def spy(
+        response: httpx.Response,
+        buf: bytearray | memoryview,
+        timeout: float | None,
+        progress: Callable[[int], object] | None = None,
+    ) -> bool:
+        taken.append(read_raw_body(response, buf, timeout, progress))
         return taken[-1]
 
     monkeypatch.setattr(http_module, "read_raw_body", spy)
@@ -109,6 +114,43 @@ def test_body_without_content_length_falls_back() -> None:
         assert read(src, 1, 2 * MiB) == BIG[1 : 1 + 2 * MiB]
         with pytest.raises(SourceError):
             src.read_into(len(BIG) - 10, bytearray(11))  # outside the blob: no request
+
+
+def test_progress_reports_final_bytes_and_retries_continue_after_them(srv: RangeServer) -> None:
+    n = 4 * MiB
+    buf = bytearray(n)
+    reported: list[int] = []
+    snapshots: dict[int, bytes] = {}
+
+    def progress(done: int) -> None:
+        assert not reported or done > reported[-1]  # only forward
+        reported.append(done)
+        snapshots[done] = bytes(buf[max(0, done - 1000) : done])  # the last bytes reported
+
+    srv.faults.add("big", Fault("truncate", count=MiB + 3), times=2)
+    with source(srv) as src:
+        src.read_into(5, buf, progress)
+    assert bytes(buf) == BIG[5 : 5 + n]
+    assert reported[-1] == n
+    for done, tail in snapshots.items():  # what was reported was never changed afterwards
+        assert bytes(buf[max(0, done - 1000) : done]) == tail
+    # The retries asked for the rest only: the bytes sent add up to about one body.
+    ranges = [r.range for r in srv.stats.records]
+    assert len(ranges) == 3
+    assert ranges[0] == f"bytes=5-{5 + n - 1}"
+    assert all(r is not None and not r.startswith("bytes=5-") for r in ranges[1:])
+    assert srv.stats.bytes_sent < n + 3 * MiB
+
+
+def test_progress_through_a_memoryview_and_the_ordinary_path(srv: RangeServer) -> None:
+    """A range ignored by the server (200, skip to the offset): progress too, into a view."""
+    buf = bytearray(3 * MiB)
+    seen: list[int] = []
+    srv.faults.add("big", Fault("ignore_range_200"), times=1)
+    with source(srv) as src:
+        src.read_into(MiB, memoryview(buf)[MiB:], seen.append)
+    assert bytes(buf[MiB:]) == BIG[MiB : 3 * MiB]
+    assert seen[-1] == 2 * MiB
 
 
 def test_read_buffer_takes_any_source() -> None:

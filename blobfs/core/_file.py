@@ -189,8 +189,9 @@ class _FileCore:
             if self._chunk is not None and self._chunk[0] == k:
                 data = self._chunk[1]
             elif ra is not None and (group := ra.group_for(k)) is not None:
-                if not group.future.done():
-                    yield Wait(group.future)
+                fut = group.chunks[k - group.first]
+                if not fut.done():
+                    yield Wait(fut)
                 data = ra.take(group, k)
                 if data is None:  # the readahead failed: read this chunk the ordinary way
                     chunks = yield from self._load_chunks(k, k + 1)

@@ -417,6 +417,14 @@ class ReadExchange(Exchange[bytes]):
         self._length = length
         self._size = size
 
+    def advance(self, n: int) -> None:
+        """Ask only for what follows the first ``n`` bytes from the next attempt on (a partial
+        body kept by the caller: a retry continues it instead of starting over)."""
+        if not 0 <= n < self._length:
+            raise ValueError(f"cannot skip {n} of {self._length} bytes")
+        self._offset += n
+        self._length -= n
+
     def _add_headers(self, headers: httpx.Headers) -> None:
         headers["Range"] = f"bytes={self._offset}-{self._offset + self._length - 1}"
 

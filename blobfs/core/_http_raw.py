@@ -23,6 +23,7 @@ Concurrency: one call per response, in the thread that reads it.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Final
 
 import httpx
@@ -87,10 +88,16 @@ def _content_length_reader(conn: object, remaining: int, *, drained: bool) -> ob
     return reader
 
 
-def read_raw_body(response: httpx.Response, buf: bytearray, timeout: float | None) -> bool:
+def read_raw_body(
+    response: httpx.Response,
+    buf: bytearray | memoryview,
+    timeout: float | None,
+    progress: Callable[[int], object] | None = None,
+) -> bool:
     """Fill ``buf`` with the whole body of ``response`` (its Content-Length must be
     ``len(buf)``), read as the module docstring says; False if it cannot be read that way
-    (nothing was consumed then: read it the ordinary way).
+    (nothing was consumed then: read it the ordinary way). ``progress(n)`` is called as the
+    first ``n`` bytes of ``buf`` are in (never written again by this call).
 
     Raises ``httpx.ReadTimeout``/``ReadError``/``RemoteProtocolError`` as httpx would for a
     stalled, failed, truncated or overlong body (the connection is then closed with the
@@ -122,6 +129,8 @@ def read_raw_body(response: httpx.Response, buf: bytearray, timeout: float | Non
             raise httpx.RemoteProtocolError("body longer than its Content-Length")
         view[: len(first)] = first
         pos = len(first)
+        if progress is not None:
+            progress(pos)
         break
     reader = _content_length_reader(conn, length - pos, drained=True)
     if reader is None:
@@ -131,6 +140,8 @@ def read_raw_body(response: httpx.Response, buf: bytearray, timeout: float | Non
                 raise httpx.RemoteProtocolError("body longer than its Content-Length")
             view[pos : pos + len(piece)] = piece
             pos += len(piece)
+            if progress is not None:
+                progress(pos)
         if pos != length:
             raise httpx.RemoteProtocolError(f"body ended after {pos} of {length} bytes")
         return True
@@ -143,6 +154,8 @@ def read_raw_body(response: httpx.Response, buf: bytearray, timeout: float | Non
                     f"peer closed connection after {pos} of {length} body bytes"
                 )
             pos += n
+            if progress is not None:
+                progress(pos)
     except TimeoutError as e:
         raise httpx.ReadTimeout(str(e) or "timed out reading the body") from e
     except OSError as e:

@@ -158,7 +158,7 @@ class BodyCollector:
 
     __slots__ = ("_chunks", "_got", "_into", "_limit", "_skip", "_streamed", "take")
 
-    def __init__(self, take: Take, into: bytearray | None = None) -> None:
+    def __init__(self, take: Take, into: bytearray | memoryview | None = None) -> None:
         if into is not None and len(into) != take.take:
             raise ValueError("the buffer must hold exactly the bytes to take")
         self.take = take

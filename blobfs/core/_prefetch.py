@@ -14,16 +14,21 @@ of a large file read on, and the second request is then on its way before they a
 read spanning more than one group uses the same window up to its own end (it pipelines
 itself), without reading ahead past it.
 
-Each group is loaded by :func:`load_group` in a pool thread: content-cache lookups, one fetch per
-run of missing chunks through the blocking ``source.read_at``, decoding and SHA-256 verification,
-cache stores. zstd and hashlib release the GIL, so groups decode on all cores while the reader
-consumes earlier ones. The sync and the async file use this one mechanism: the read algorithm
-yields :class:`~blobfs.core._steps.Wait` for a group's future, which the sync driver blocks on and
-the async driver awaits (``_steps.wait_done``), so no event loop ever blocks.
+Each group is loaded by :func:`load_group` in a pool thread: content-cache lookups (their disk
+reads overlapping), one fetch per run of missing chunks through the blocking ``source``,
+decoding and SHA-256 verification, cache stores. Each chunk has its own future, resolved as soon
+as that chunk is verified: with a source that reports progress (``read_into``, an HTTP source),
+chunk 0 of a 16 MiB range is handed to the reader while the rest of the range still arrives, so
+large requests cost no waiting. zstd and hashlib release the GIL, so groups decode on all cores
+while the reader consumes earlier ones. The sync and the async file use this one mechanism: the
+read algorithm yields :class:`~blobfs.core._steps.Wait` for a chunk's future, which the sync
+driver blocks on and the async driver awaits (``_steps.wait_done``), so no event loop ever
+blocks.
 
 Rules:
 
-- Only verified chunks are ever handed out (groups verify before returning).
+- Only verified chunks are ever handed out (a chunk's future is resolved after it was verified,
+  and the bytes behind it are never written again).
 - Errors stay with the chunk they concern: a group records a per-chunk exception instead of
   failing. A reader reaching a failed chunk drops the window and reads that chunk directly, so
   the error (or a successful retry) comes from the ordinary read path; a failure in a chunk the
@@ -36,12 +41,13 @@ Rules:
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Final, TypeVar, TypeVarTuple, cast
+from typing import Final, TypeVar, TypeVarTuple
 
 from ._content import ContentCache
 from ._decode import decode_chunk_view
@@ -146,48 +152,100 @@ ChunkResult = bytes | memoryview | Exception
 buffer for an uncompressed chunk: no copy), or why it could not be had."""
 
 
-def load_group(
-    entry: Entry, first: int, end: int, source: ByteSource, content: ContentCache | None
-) -> list[ChunkResult]:
-    """Chunks ``first .. end - 1`` of ``entry``, each verified or replaced by its error.
+def _settle(fut: Future[ChunkResult], value: ChunkResult) -> None:
+    """Resolve ``fut`` unless it is already done (cancelled by a dropped window)."""
+    if not fut.done():
+        with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+            fut.set_result(value)
 
-    Runs in a pool thread (blocking I/O): cache lookups, one ``source.read_at`` per run of missing
-    chunks (:func:`~blobfs.core._steps.chunk_runs`), decoding, verification, cache stores. Never
-    raises for a bad chunk or a failed fetch: the error is recorded for the chunks it concerns.
+
+def load_group(
+    entry: Entry,
+    first: int,
+    source: ByteSource,
+    content: ContentCache | None,
+    chunks: list[Future[ChunkResult]],
+) -> None:
+    """Resolve ``chunks[i]`` with chunk ``first + i`` of ``entry``, verified, or its error.
+
+    Runs in a pool thread (blocking I/O): cache lookups, one fetch per run of missing chunks
+    (:func:`~blobfs.core._steps.chunk_runs`), each chunk decoded, verified and resolved as soon
+    as its payload is in (:func:`_fetch_run`), cache stores. Never raises for a bad chunk or a
+    failed fetch: the error is the result of the chunks it concerns; no future is left pending.
     """
-    found: list[ChunkResult | None] = (
-        [None] * (end - first) if content is None else list(content.get_chunks(entry, first, end))
-    )
-    for a, b in chunk_runs(entry, first, found, GROUP_BYTES):
-        off, _ = entry.chunk_payload(a)
-        last_off, last_n = entry.chunk_payload(b - 1)
-        try:
-            payload = read_buffer(source, off, last_off + last_n - off)
-        except Exception as e:
-            found[a - first : b - first] = [e] * (b - a)
-            continue
-        view = memoryview(payload)
-        for k in range(a, b):
+    end = first + len(chunks)
+    try:
+        found: list[bytes | None] = (
+            [None] * len(chunks) if content is None else content.get_chunks(entry, first, end)
+        )
+        for fut, hit in zip(chunks, found, strict=True):
+            if hit is not None:
+                _settle(fut, hit)
+        for a, b in chunk_runs(entry, first, found, GROUP_BYTES):
+            _fetch_run(entry, a, b, source, content, chunks[a - first : b - first])
+    finally:
+        for fut in chunks:  # a bug or interpreter shutdown: no reader may wait forever
+            _settle(fut, RuntimeError("readahead ended without loading this chunk"))
+
+
+def _fetch_run(
+    entry: Entry,
+    a: int,
+    b: int,
+    source: ByteSource,
+    content: ContentCache | None,
+    chunks: list[Future[ChunkResult]],
+) -> None:
+    """Fetch chunks ``a .. b - 1`` with one request and resolve ``chunks`` (theirs) one by one
+    as their payloads arrive, when the source reports progress; else once it is all in."""
+    off, _ = entry.chunk_payload(a)
+    last_off, last_n = entry.chunk_payload(b - 1)
+    length = last_off + last_n - off
+    k = a  # the next chunk to resolve
+
+    def resolve(view: memoryview, filled: int) -> None:
+        nonlocal k
+        while k < b:
             k_off, k_n = entry.chunk_payload(k)
+            if k_off - off + k_n > filled:
+                return
             try:
-                chunk = decode_chunk_view(entry, k, view[k_off - off : k_off - off + k_n])
+                chunk: ChunkResult = decode_chunk_view(
+                    entry, k, view[k_off - off : k_off - off + k_n]
+                )
             except Exception as e:
-                found[k - first] = e
-                continue
-            found[k - first] = chunk
-            if content is not None:
+                chunk = e
+            # Stored first: a read right after this one finds it (with write-behind, the
+            # mount's, storing is only queueing).
+            if content is not None and not isinstance(chunk, Exception):
                 content.put_bytes(entry.chunk_hash(k), chunk)
-    return cast(list[ChunkResult], found)
+            _settle(chunks[k - a], chunk)
+            k += 1
+
+    read_into = getattr(source, "read_into", None)
+    try:
+        if read_into is None:
+            resolve(memoryview(read_buffer(source, off, length)), length)
+            return
+        buf = bytearray(length)
+        view = memoryview(buf)
+        read_into(off, buf, lambda filled: resolve(view, filled))
+        resolve(view, length)
+    except Exception as e:
+        for fut in chunks[k - a :]:
+            _settle(fut, e)
 
 
 @dataclass(slots=True)
 class Group:
-    """Chunks ``first .. end - 1`` (``size`` content bytes) loading in ``future``."""
+    """Chunks ``first .. end - 1`` (``size`` content bytes) loading in the pool job ``job``,
+    each resolved in ``chunks`` as soon as it is verified."""
 
     first: int
     end: int
     size: int
-    future: Future[list[ChunkResult]]
+    job: Future[None]
+    chunks: list[Future[ChunkResult]]
 
 
 class Readahead:
@@ -296,24 +354,26 @@ class Readahead:
                     break
                 size += hi - lo
                 end += 1
-            fut = self._pool.submit(load_group, entry, first, end, self._source, self._content)
-            if fut is None:  # the archive was closed: read without readahead
+            chunks: list[Future[ChunkResult]] = [Future() for _ in range(first, end)]
+            job = self._pool.submit(load_group, entry, first, self._source, self._content, chunks)
+            if job is None:  # the archive was closed: read without readahead
                 self._horizon = 0
                 return
-            groups.append(Group(first, end, size, fut))
+            groups.append(Group(first, end, size, job, chunks))
             self._next = end
             self._ramp = min(GROUP_BYTES, 2 * max(limit, size))
             held += size
 
     def take(self, group: Group, k: int) -> bytes | memoryview | None:
-        """Chunk ``k`` of a done ``group``; None (and the window dropped) if it failed."""
+        """Chunk ``k`` of ``group`` once its future is done; None (and the window dropped) if
+        it failed."""
+        fut = group.chunks[k - group.first]
         try:
-            chunks = group.future.result(timeout=0)
-        except Exception as e:  # cancelled by Archive.close(), or a bug in load_group
-            logger.debug("%s: readahead group failed: %r", self._entry.path, e)
+            item = fut.result(timeout=0)
+        except Exception as e:  # cancelled by Archive.close() or a dropped window
+            logger.debug("%s: readahead of chunk %d failed: %r", self._entry.path, k, e)
             self.discard()
             return None
-        item = chunks[k - group.first]
         if not isinstance(item, Exception):
             return item
         logger.debug("%s: readahead of chunk %d failed: %r", self._entry.path, k, item)
@@ -324,15 +384,17 @@ class Readahead:
         """Whether chunk ``k`` is loaded and verified, so reading it neither fetches nor waits."""
         for g in self._groups:
             if g.first <= k < g.end:
-                fut = g.future
-                if not fut.done() or fut.cancelled() or fut.exception() is not None:
+                fut = g.chunks[k - g.first]
+                if not fut.done() or fut.cancelled():
                     return False
-                return not isinstance(fut.result()[k - g.first], Exception)
+                return not isinstance(fut.result(), Exception)
         return False
 
     def discard(self) -> None:
         """Drop the window: queued groups are cancelled, running ones finish unused."""
         for g in self._groups:
-            g.future.cancel()
+            g.job.cancel()
+            for fut in g.chunks:  # nobody may wait for a group that will not run
+                fut.cancel()
         self._groups.clear()
         self._ramp = RAMP_BYTES

@@ -44,9 +44,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Fetch",
+    "Progress",
     "Steps",
     "VerifyProgress",
     "Wait",
+    "WritableBuffer",
     "arun_steps",
     "chunk_runs",
     "chunk_steps",
@@ -144,6 +146,13 @@ def fetch(offset: int, length: int) -> Steps[bytes]:
     if data is None:  # a driver bug, not bad input
         raise RuntimeError("driver answered a Fetch with no data")
     return data
+
+
+WritableBuffer: TypeAlias = bytearray | memoryview
+"""What ``read_into`` fills (a ``bytearray`` or a writable view of one)."""
+
+Progress: TypeAlias = Callable[[int], object]
+"""``read_into``'s progress callback: the first ``n`` bytes of the buffer are in and final."""
 
 
 def read_buffer(source: ByteSource, offset: int, length: int) -> bytes | bytearray:

@@ -16,8 +16,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Mapping
-from typing import Self, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Self, TypeVar, cast
 
 import anyio
 import httpcore
@@ -43,6 +43,7 @@ from ._http_proto import (
 )
 from ._http_raw import read_raw_body
 from ._source import check_range
+from ._steps import Progress, WritableBuffer
 
 __all__ = ["HttpSource"]
 
@@ -378,14 +379,20 @@ class HttpSource(Closing, AsyncClosing):
             return b""
         return self._run_sync(ReadExchange(self._settings, self._state, offset, length, self._size))
 
-    def read_into(self, offset: int, buffer: bytearray) -> None:
-        """Fill ``buffer`` with the ``len(buffer)`` bytes at ``offset``; as ``read_at``."""
+    def read_into(
+        self, offset: int, buffer: WritableBuffer, progress: Progress | None = None
+    ) -> None:
+        """Fill ``buffer`` (writable) with the ``len(buffer)`` bytes at ``offset``; as
+        ``read_at``. ``progress(n)`` is called, in this thread, whenever more of the buffer is
+        in: its first ``n`` bytes are final then, even if the body fails later (a retry asks
+        for the rest only), so a caller may use them at once (verify and hand on chunks while
+        the rest arrives)."""
         length = len(buffer)
         check_range(offset, length, self._size, self._settings.display_url)
         self._check_open()
         if length:
             ex = ReadExchange(self._settings, self._state, offset, length, self._size)
-            self._run_sync(ex, buffer)
+            self._run_sync(ex, _Fill(memoryview(buffer).cast("B"), progress))
 
     async def aread_at(self, offset: int, length: int) -> bytes:
         """``read_at`` for trio or asyncio tasks (one event loop per source)."""
@@ -404,9 +411,10 @@ class HttpSource(Closing, AsyncClosing):
 
     # -- the two drivers: I/O only, every decision is the exchange's --------------------------
 
-    def _run_sync(self, ex: Exchange[T], into: bytearray | None = None) -> T:
+    def _run_sync(self, ex: Exchange[T], fill: _Fill | None = None) -> T:
         client = self._sync_client()
         while True:
+            into = None if fill is None else fill.resume(ex)
             req = ex.request()
             try:
                 # A slot per request in flight (see _slots in _setup): no request ever queues
@@ -426,23 +434,31 @@ class HttpSource(Closing, AsyncClosing):
                             continue
                         body = BodyCollector(step, into)
                         if (
-                            into is not None
+                            fill is not None
+                            and into is not None
                             and step.exact
                             and not step.skip
-                            and read_raw_body(response, into, self._timeout.read)
+                            and read_raw_body(response, into, self._timeout.read, fill.filled)
                         ):
                             body.filled(len(into))  # straight from the socket (_http_raw.py)
                         else:
                             for chunk in response.iter_raw():
-                                if body.feed(chunk):
+                                stop = body.feed(chunk)
+                                if fill is not None:
+                                    fill.filled(body.kept)
+                                if stop:
                                     break
                         return ex.on_body(body)
                     finally:
                         # Closing mid-body drops the connection rather than draining a blob.
                         response.close()
             except httpx.TransportError as e:
+                if fill is not None and fill.complete:
+                    return cast(T, b"")  # every byte is in (the failure came after the body)
                 delay = ex.failed(ex.transport_problem(e))
             except Problem as p:
+                if fill is not None and fill.complete:
+                    return cast(T, b"")
                 delay = ex.failed(p)
             if delay > 0:
                 time.sleep(delay)
@@ -554,6 +570,43 @@ class HttpSource(Closing, AsyncClosing):
 
     def __repr__(self) -> str:
         return f"HttpSource({self._settings.display_url!r}, size={self._size})"
+
+
+class _Fill:
+    """A caller's buffer being filled by :meth:`HttpSource.read_into`: how much of it is final
+    (reported through ``progress``), so that every attempt after a failure asks for the rest
+    only and never writes the bytes already reported again."""
+
+    __slots__ = ("_attempt_base", "_progress", "done", "view")
+
+    def __init__(self, view: memoryview, progress: Callable[[int], object] | None) -> None:
+        self.view = view
+        self.done = 0  # bytes final
+        self._attempt_base = 0  # where the current attempt writes from
+        self._progress = progress
+
+    @property
+    def complete(self) -> bool:
+        return self.done == len(self.view)
+
+    def resume(self, ex: Exchange[T]) -> memoryview:
+        """The part of the buffer the next attempt fills (its exchange advanced past the rest)."""
+        if self.done > self._attempt_base:
+            advance = getattr(ex, "advance", None)
+            if advance is None:  # not a range read: cannot continue, so nothing was reported
+                raise RuntimeError("partial body of an exchange that cannot resume")
+            advance(self.done - self._attempt_base)
+            self._attempt_base = self.done
+        return self.view[self.done :]
+
+    def filled(self, n: int) -> None:
+        """The current attempt has put ``n`` bytes in (capped: an overlong body's extra byte
+        only counts)."""
+        done = self._attempt_base + min(n, len(self.view) - self._attempt_base)
+        if done > self.done:
+            self.done = done
+            if self._progress is not None:
+                self._progress(done)
 
 
 def _build(

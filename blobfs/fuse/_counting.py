@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..core import ByteSource
+from ..core._steps import Progress, WritableBuffer
 from ..core.cache import DEFAULT_BLOCK_SIZE, DEFAULT_MAX_BLOCKS_PER_READ, Cache
 from ..errors import SourceError
 
@@ -71,7 +72,9 @@ class CountingSource:
         self._count(len(data))
         return data
 
-    def read_into(self, offset: int, buffer: bytearray) -> None:
+    def read_into(
+        self, offset: int, buffer: WritableBuffer, progress: Progress | None = None
+    ) -> None:
         """The wrapped source's ``read_into`` (or ``read_at``, copied in), counted."""
         read_into = getattr(self.source, "read_into", None)
         if read_into is None:
@@ -81,9 +84,11 @@ class CountingSource:
                     f"{self.source_id}: read of {len(buffer)} bytes at offset {offset} "
                     f"returned {len(data)} bytes"
                 )
-            buffer[:] = data
+            memoryview(buffer).cast("B")[:] = data
+            if progress is not None:
+                progress(len(buffer))
         else:
-            read_into(offset, buffer)
+            read_into(offset, buffer, progress)
         self._count(len(buffer))
 
     async def aread_at(self, offset: int, length: int) -> bytes:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from ..core._closing import AsyncClosing, Closing
+from ..core._steps import Progress, WritableBuffer
 from ..core.http import HttpSource
 from ..errors import HttpError
 
@@ -121,9 +122,26 @@ class FailoverSource(Closing, AsyncClosing):
     def read_at(self, offset: int, length: int) -> bytes:
         return self._first(lambda s: s.read_at(offset, length))
 
-    def read_into(self, offset: int, buffer: bytearray) -> None:
-        """``HttpSource.read_into`` with the same failover as :meth:`read_at`."""
-        self._first(lambda s: s.read_into(offset, buffer))
+    def read_into(
+        self, offset: int, buffer: WritableBuffer, progress: Progress | None = None
+    ) -> None:
+        """``HttpSource.read_into`` with the same failover as :meth:`read_at`; after a
+        candidate failed part way, the next one continues after the bytes already reported
+        through ``progress`` (they are final: never written again)."""
+        view = memoryview(buffer).cast("B")
+        done = 0
+
+        def report(n: int, base: int) -> None:
+            nonlocal done
+            done = base + n
+            if progress is not None:
+                progress(done)
+
+        def read(s: HttpSource) -> None:
+            base = done
+            s.read_into(offset + base, view[base:], lambda n: report(n, base))
+
+        self._first(read)
 
     async def aread_at(self, offset: int, length: int) -> bytes:
         i = self._pick(0)
