@@ -35,7 +35,6 @@ from ._archive_cmds import cmd_inspect
 from ._common import Ctx, make_client, parse_reference, reference_arg, usage_error
 from ._output import CliError, human_size
 from ._progress import ProgressBar
-from ._trust_cmds import referrer_lines, referrer_listing
 
 __all__ = ["cmd_inspect_any", "cmd_pull", "cmd_push", "cmd_tag"]
 
@@ -171,6 +170,10 @@ def cmd_inspect_any(args: argparse.Namespace, ctx: Ctx) -> int:
     ref = reference_arg(positionals[0])
     if ref is None:
         return cmd_inspect(args, ctx)
+    # Here, not at the top: the trust modules (policy, cryptography) cost push and pull about
+    # 130 ms of start-up for nothing.
+    from ._trust_cmds import referrer_lines, referrer_listing
+
     with make_client(ctx) as client:  # the registry caches answer (or, --offline, alone)
         info = client.registry.inspect(ref)
         # Signatures and attestations of this very digest (listed, not verified).
