@@ -16,7 +16,13 @@ import pytest
 
 from blobfs.core import Compression
 from blobfs.core.http import HttpSource
-from blobfs.errors import DigestMismatch, InvalidManifest, RegistryError, RegistryNotFound
+from blobfs.errors import (
+    DigestMismatch,
+    HttpError,
+    InvalidManifest,
+    RegistryError,
+    RegistryNotFound,
+)
 from blobfs.registry._client import Registry
 from blobfs.registry._manifest import (
     ARTIFACT_TYPE,
@@ -635,7 +641,7 @@ def test_a_streamed_upload_holds_a_few_pieces_in_memory(env: Env, tmp_path: Path
 
 def test_tls_certificate_failures_are_not_retried(tmp_path: Path) -> None:
     """A registry whose certificate does not verify: one handshake, one clear error, for a
-    fetch and for a push (no upload restarts either)."""
+    fetch, a push (no upload restarts either) and a data-blob range read."""
     import socket
     import ssl
     import threading
@@ -684,6 +690,14 @@ def test_tls_certificate_failures_are_not_retried(tmp_path: Path) -> None:
             with pytest.raises(RegistryError, match="certificate verify failed"):
                 client.push(f"127.0.0.1:{port}/team/app:v1", tmp_path / "src")
             assert len(accepted) == 2
+        # The data blob's range reads (a pulled archive's source) do not retry it either.
+        url = f"https://127.0.0.1:{port}/v2/team/app/blobs/sha256:{'0' * 64}"
+        with (
+            HttpSource(url, size=100, retries=5, backoff=0.01) as source,
+            pytest.raises(HttpError, match="certificate verify failed"),
+        ):
+            source.read_at(0, 10)
+        assert len(accepted) == 3
     finally:
         server.close()
         thread.join(5)

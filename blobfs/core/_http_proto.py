@@ -14,6 +14,7 @@ several HTTP requests (redirect hops, retries, a re-resolution of an expired red
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ __all__ = [
     "Settings",
     "SharedState",
     "Take",
+    "cert_failure",
     "redact_url",
 ]
 
@@ -53,6 +55,19 @@ __all__ = [
 log = logging.getLogger("blobfs.core.http")
 
 T = TypeVar("T")
+
+
+def cert_failure(exc: BaseException | None) -> ssl.SSLCertVerificationError | None:
+    """The TLS certificate verification failure behind ``exc`` (httpx wraps httpcore's error,
+    which wraps the ``ssl`` one), or None. Such a failure is never retried (here and by the
+    registry client): the certificate will not change in a moment, and each attempt costs a
+    handshake."""
+    for _ in range(8):
+        if exc is None or isinstance(exc, ssl.SSLCertVerificationError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
 
 # Statuses that say "try again": request timeout, rate limited, and the 5xx a load balancer or
 # an overloaded registry gives while it recovers. Other 4xx/5xx are answers, not accidents.
@@ -274,6 +289,8 @@ class Exchange(Generic[T]):
         """Classify an httpx transport failure (never its message's header values: it has none)."""
         if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
             return Problem("fatal", f"cannot send the request: {exc}")
+        if cert_failure(exc) is not None:
+            return Problem("fatal", f"{type(exc).__name__}: {exc}")
         if isinstance(exc, httpx.TimeoutException):
             return Problem("retry", f"timed out ({type(exc).__name__})")
         return Problem("retry", f"connection failed ({type(exc).__name__}: {exc})")

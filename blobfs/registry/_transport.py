@@ -21,6 +21,7 @@ from typing import Protocol, TypeVar
 
 import httpx
 
+from ..core._http_proto import cert_failure
 from ..errors import DigestMismatch, RegistryError, RegistryNotFound
 from ._manifest import DOCKER_MANIFEST_LIST, DOCKER_MANIFEST_V2, OCI_INDEX, OCI_MANIFEST, digest_of
 from ._mirrors import MirrorSpec, normalize_mirrors
@@ -119,19 +120,6 @@ def unreachable(exc: RegistryError) -> bool:
     if exc.status is not None:
         return exc.status >= 500
     return isinstance(exc.__context__, httpx.TransportError)
-
-
-def cert_failure(exc: BaseException | None) -> ssl.SSLCertVerificationError | None:
-    """The certificate verification failure behind ``exc`` (httpx wraps httpcore's error,
-    which wraps the ``ssl`` one), or None. Such a failure is never retried: the certificate
-    will not change in a moment, and each attempt costs a handshake."""
-    seen = 0
-    while exc is not None and seen < 8:
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return None
 
 
 def transient(exc: RegistryError) -> bool:
@@ -311,7 +299,7 @@ class Transport:
             try:
                 r = call()
             except httpx.TransportError as exc:
-                if cert_failure(exc) is not None:  # not retried: see cert_failure
+                if cert_failure(exc) is not None:  # never retried (see cert_failure)
                     raise RegistryError(
                         f"{what}: {redact(url)}: {type(exc).__name__}: {exc}"
                     ) from None
