@@ -229,13 +229,12 @@ class Archive(Closing):
 
     def open(self, path: str) -> ArchiveFile:
         """A seekable binary file object over file ``path`` (no size limit)."""
-        return ArchiveFile(
-            self._index.entry(path),
-            self._source,
-            cache=self._cache,
-            pool=self._pool,
-            scan=self._scan,
-        )
+        return self.open_entry(self._index.entry(path))
+
+    def open_entry(self, entry: Entry) -> ArchiveFile:
+        """:meth:`open` of a file whose entry the caller has (from this archive's index): no
+        lookup by path."""
+        return ArchiveFile(entry, self._source, cache=self._cache, pool=self._pool, scan=self._scan)
 
     def prefetch(self, path: str = "") -> int:
         """Load the files at or below ``path`` into the content cache, with few range requests.

@@ -48,9 +48,10 @@ __all__ = ["ContentCache"]
 
 logger = logging.getLogger(__name__)
 
-WRITE_BEHIND_BYTES: Final = 32 << 20
-"""Most content waiting for the writer thread: a few readahead groups' worth, so reads never
-wait for the disk while it keeps up, and the daemon's memory stays bounded when it does not."""
+WRITE_BEHIND_BYTES: Final = 16 << 20
+"""Most content waiting for the writer thread: a readahead group's worth, so reads never wait
+for the disk while it keeps up, and the daemon stays near 100 MB when it does not (a view of a
+larger buffer is queued as a copy, so this is the memory the queue holds)."""
 
 _COPY_PIECE: Final = 1 << 20
 """Read size when streaming a cached whole file through SHA-256: big enough that the per-call
@@ -62,6 +63,12 @@ def _will_need(f: BinaryIO) -> None:
     # AttributeError: no posix_fadvise (not Linux); OSError/ValueError: not a real file.
     with contextlib.suppress(AttributeError, OSError, ValueError):
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
+
+
+def _covers_its_buffer(view: memoryview) -> bool:
+    """Whether ``view`` is at least half of the buffer it keeps alive."""
+    owner = view.obj
+    return owner is None or 2 * view.nbytes >= memoryview(owner).nbytes
 
 
 def _size_problem(got: int, size: int) -> str:
@@ -295,6 +302,10 @@ class ContentCache:
         if not self.fits(len(data)):
             return
         if self._max_pending:
+            if isinstance(data, memoryview) and not _covers_its_buffer(data):
+                # A view keeps its whole buffer (a readahead group's, a batch's) alive: queue a
+                # copy, so the queue holds what it counts and the buffer goes when read.
+                data = bytes(data)
             with self._cond:
                 if self._enqueue_locked(digest, data):
                     return

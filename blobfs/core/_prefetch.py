@@ -52,7 +52,7 @@ from typing import Final, TypeVar, TypeVarTuple
 from ._content import ContentCache
 from ._decode import decode_chunk_view
 from ._source import ByteSource
-from ._steps import chunk_runs, read_buffer
+from ._steps import chunk_runs, new_buffer, read_buffer
 from ._types import Entry
 
 __all__ = [
@@ -93,10 +93,11 @@ START_BYTES: Final = 4 << 20
 ``cat`` gets its second and third requests' data on the way at once, while a program reading
 just the header of a large file (``file``, ``head``) fetches a few MiB it did not need."""
 
-READAHEAD_BYTES: Final = 32 << 20
-"""Most content a window holds, counting the group being read: two to four groups in flight keep
-the network and both cores busy, and an open file costs at most about 48 MiB (this plus one
-group being loaded past it)."""
+READAHEAD_BYTES: Final = 24 << 20
+"""Most content a window holds, counting the group being read: with chunks handed over as they
+arrive, this only needs to cover a request's latency at full speed (~10 MB at 500 MB/s and
+20 ms), and an open file then costs at most about 40 MiB (this plus one group loading past
+it), buffers freed as soon as the reader has passed them."""
 
 SEQUENTIAL_READS: Final = 2
 """Reads in a row, each starting where the previous one ended (the first read of a file counts
@@ -227,9 +228,8 @@ def _fetch_run(
         if read_into is None:
             resolve(memoryview(read_buffer(source, off, length)), length)
             return
-        buf = bytearray(length)
-        view = memoryview(buf)
-        read_into(off, buf, lambda filled: resolve(view, filled))
+        view = new_buffer(length)
+        read_into(off, view, lambda filled: resolve(view, filled))
         resolve(view, length)
     except Exception as e:
         for fut in chunks[k - a :]:

@@ -69,8 +69,8 @@ FIRST_BATCH_BYTES: Final = 1 << 20
 """A stream's first batch: the program is waiting for its first file in it, so it is small (a
 few files); the batches after it are loaded while the program reads."""
 
-AHEAD_BYTES: Final = 24 << 20
-"""Payload a stream keeps scheduled past its last open: three full batches, loading in parallel
+AHEAD_BYTES: Final = 16 << 20
+"""Payload a stream keeps scheduled past its last open: two full batches, loading in parallel
 in the pool while the program reads, and little memory (the daemon stays near 100 MB)."""
 
 FILE_MAX: Final = 4 << 20
@@ -88,6 +88,9 @@ PAUSE: Final = 256
 """Positions a stream stops loading ahead for once a batch was passed without any of its files
 read through it (the kernel's page cache answers them, or the program opens without
 reading): then it starts again with a small batch, to see whether reads came back."""
+
+PLAN_STEP: Final = 32
+"""Index positions decoded at a time while planning a batch."""
 
 PLAN_SPAN: Final = 512
 """Index positions decoded per planning step: bounds the time one open spends planning (a few
@@ -229,36 +232,37 @@ class ScanAhead:
             ahead += batch.size
 
     def _next_batch(self, stream: _Stream, limit: int, count: int) -> _Batch | None:
+        """The batch starting at ``stream.next`` (decoding the index a step at a time: a batch
+        of a few dozen files must not decode hundreds), or None if nothing batchable follows
+        within :data:`PLAN_SPAN` positions; advances ``stream.next`` past what it looked at."""
         start = stream.next
-        span = min(count, start + PLAN_SPAN)
-        entries = self._index.entries_at(list(range(start, span)))
+        span_end = min(count, start + PLAN_SPAN)
         source_size = self._source.size
         chosen: list[Entry] = []
         size = end_off = 0
-        stop = span  # the first position not taken
-        for i, e in enumerate(entries):
-            batchable = (
-                not e.chunked
-                and 0 < e.data_size <= FILE_MAX
-                and e.original_size > 0
-                and e.data_offset + e.data_size <= source_size
-                and e.hash not in self._by_hash
-            )
-            if not batchable:
-                if chosen:
-                    stop = start + i
-                    break
-                continue
-            if chosen and (e.data_offset != end_off or size + e.data_size > limit):
-                stop = start + i
-                break
-            chosen.append(e)
-            size += e.data_size
-            end_off = e.data_offset + e.data_size
-        stream.next = stop
-        if not chosen:
-            return None
-        return _Batch(chosen, size, stop)
+        pos = start
+        while pos < span_end:
+            step_end = min(span_end, pos + PLAN_STEP)
+            for e in self._index.entries_at(list(range(pos, step_end))):
+                batchable = (
+                    not e.chunked
+                    and 0 < e.data_size <= FILE_MAX
+                    and e.original_size > 0
+                    and e.data_offset + e.data_size <= source_size
+                    and e.hash not in self._by_hash
+                )
+                if chosen and (
+                    not batchable or e.data_offset != end_off or size + e.data_size > limit
+                ):
+                    stream.next = pos
+                    return _Batch(chosen, size, pos)
+                if batchable:
+                    chosen.append(e)
+                    size += e.data_size
+                    end_off = e.data_offset + e.data_size
+                pos += 1
+        stream.next = pos
+        return _Batch(chosen, size, pos) if chosen else None
 
     def _retire(self, batch: _Batch) -> None:
         batch.retired = True

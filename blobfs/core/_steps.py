@@ -26,9 +26,10 @@ import concurrent.futures
 import contextlib
 import hashlib
 import logging
+import mmap
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar, cast
 
 import sniffio
 
@@ -53,6 +54,7 @@ __all__ = [
     "chunk_runs",
     "chunk_steps",
     "fetch",
+    "new_buffer",
     "read_buffer",
     "read_whole_steps",
     "refetch_once",
@@ -155,16 +157,31 @@ Progress: TypeAlias = Callable[[int], object]
 """``read_into``'s progress callback: the first ``n`` bytes of the buffer are in and final."""
 
 
-def read_buffer(source: ByteSource, offset: int, length: int) -> bytes | bytearray:
+MAPPED_MIN: Final = 1 << 20
+"""Buffers from this size on are anonymous memory maps (:func:`new_buffer`)."""
+
+
+def new_buffer(length: int) -> memoryview:
+    """A writable, zeroed buffer of ``length`` bytes for a loader to fill. From
+    :data:`MAPPED_MIN` on it is an anonymous memory map, returned to the system as soon as the
+    last view of it is gone: glibc would serve such sizes from its heap once a large block was
+    freed (its mmap threshold rises to the largest block freed), and a daemon streaming 8-16 MiB
+    buffers would keep their high-water mark resident."""
+    if length < MAPPED_MIN:
+        return memoryview(bytearray(length))
+    return memoryview(mmap.mmap(-1, length))
+
+
+def read_buffer(source: ByteSource, offset: int, length: int) -> bytes | memoryview:
     """The raw bytes ``[offset, offset + length)`` of the data blob, in the calling thread
-    (blocking): through ``source.read_into`` into a fresh buffer when the source has one (an
-    HTTP source then reads a large body without copying it around, ``_http_raw.py``), else
-    ``source.read_at``; checked for length either way. For the loaders running in pool threads
-    (readahead groups, batches of small files)."""
+    (blocking): through ``source.read_into`` into a fresh buffer (:func:`new_buffer`) when the
+    source has one (an HTTP source then reads a large body without copying it around,
+    ``_http_raw.py``), else ``source.read_at``; checked for length either way. For the loaders
+    running in pool threads (readahead groups, batches of small files)."""
     read_into = getattr(source, "read_into", None)
     if read_into is None:
         return _checked(Fetch(offset, length), source.read_at(offset, length), source)
-    buf = bytearray(length)
+    buf = new_buffer(length)
     read_into(offset, buf)
     return buf
 

@@ -101,7 +101,7 @@ class Readers:
             async with r.lock:
                 f = r.file
                 if f is None:
-                    f = r.file = self._archive.open(self.entry.path)  # no I/O until read
+                    f = r.file = self._archive.open_entry(self.entry)  # no I/O until read
                 if f.tell() != offset:
                     f.seek(offset)
                 data = f.read_ready(size)
