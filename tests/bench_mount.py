@@ -269,8 +269,8 @@ def run(base: Path, quick: bool, step: Callable[[str], None]) -> list[Row]:
         size50 = 50 * MiB // scale
         size1g = 1024 * MiB // scale
         for label, ref, rel, size, target in (
-            ("50 MB file", refs["10k"], "probe-50m.bin", size50, ">= 500 MB/s"),
-            ("1 GiB chunked file", refs["1g"], "big.bin", size1g, ">= 400 MB/s"),
+            (f"{size50 / 1e6:.0f} MB file", refs["10k"], "probe-50m.bin", size50, ">= 500 MB/s"),
+            (f"{size1g >> 20} MiB chunked file", refs["1g"], "big.bin", size1g, ">= 400 MB/s"),
         ):
             cold, warm, hot = [], [], []
             for _ in range(RUNS):
