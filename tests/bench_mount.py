@@ -70,25 +70,6 @@ def _tree_1g(src: Path, scale: int) -> None:
             f.write(os.urandom(MiB))
 
 
-def _archive(base: Path, name: str, build: Callable[[Path], None]) -> Path:
-    """A local archive directory, built once and kept in the bench directory."""
-    from blobfs.core import Compression, create_blob
-
-    out = base / name
-    if (out / "index.blob").exists():
-        return out
-    src = base / (name + "-src")
-    shutil.rmtree(src, ignore_errors=True)
-    src.mkdir(parents=True)
-    build(src)
-    tmp = base / (name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    create_blob(src, tmp, compression=Compression.NONE).close()
-    shutil.rmtree(src)
-    tmp.rename(out)
-    return out
-
-
 # ------------------------------------------------------------------------------- mounting
 
 
@@ -217,6 +198,7 @@ def run(base: Path, quick: bool, step: Callable[[str], None]) -> list[Row]:
     if shutil.which("docker-registry") is None:
         return [("mount benchmarks", "skipped: docker-registry missing (make setup)", "")]
     from blobfs.registry import Registry
+    from tests.bench_http import _archive
 
     scale = 10 if quick else 1
     step("building the trees (kept in the bench directory)")
