@@ -162,11 +162,16 @@ class ContentCache:
             return pending
         return self._read_verified(self._open(digest), digest, size, path, what)
 
-    def get_many(self, wanted: list[tuple[bytes, int, str, str]]) -> list[bytes | None]:
+    def get_many(
+        self,
+        wanted: list[tuple[bytes, int, str, str]],
+        each: Callable[[int, bytes | None], object] | None = None,
+    ) -> list[bytes | None]:
         """:meth:`get_bytes` of each ``(digest, size, path, what)``, in order. The entries are
         all opened first and the kernel told to read them (``POSIX_FADV_WILLNEED``), so their
         disk reads overlap instead of following one another: a readahead group or a batch of
-        small files from a cold page cache costs about one disk latency, not one per entry."""
+        small files from a cold page cache costs about one disk latency, not one per entry.
+        ``each(i, result)`` is called as each one is done (a reader may take it at once)."""
         found: list[bytes | BinaryIO | None] = []
         for digest, size, _, _ in wanted:
             pending = self._pending_content(digest, size)
@@ -174,10 +179,13 @@ class ContentCache:
         for f in found:
             if f is not None and not isinstance(f, bytes):
                 _will_need(f)
-        return [
-            f if f is None or isinstance(f, bytes) else self._read_verified(f, *item)
-            for f, item in zip(found, wanted, strict=True)
-        ]
+        results: list[bytes | None] = []
+        for i, (f, item) in enumerate(zip(found, wanted, strict=True)):
+            data = f if f is None or isinstance(f, bytes) else self._read_verified(f, *item)
+            results.append(data)
+            if each is not None:
+                each(i, data)
+        return results
 
     def _read_verified(
         self, f: BinaryIO | None, digest: bytes, size: int, path: str, what: str
@@ -270,14 +278,20 @@ class ContentCache:
         start, end = entry.chunk_bounds(k)
         return self.get_bytes(entry.chunk_hash(k), end - start, entry.path, f"chunk {k}")
 
-    def get_chunks(self, entry: Entry, first: int, end: int) -> list[bytes | None]:
+    def get_chunks(
+        self,
+        entry: Entry,
+        first: int,
+        end: int,
+        each: Callable[[int, bytes | None], object] | None = None,
+    ) -> list[bytes | None]:
         """Chunks ``first .. end - 1`` of ``entry`` (each as :meth:`get_chunk`), their disk
-        reads overlapping (:meth:`get_many`)."""
+        reads overlapping (:meth:`get_many`; ``each(i, chunk)`` as each is done)."""
         wanted = []
         for k in range(first, end):
             lo, hi = entry.chunk_bounds(k)
             wanted.append((entry.chunk_hash(k), hi - lo, entry.path, f"chunk {k}"))
-        return self.get_many(wanted)
+        return self.get_many(wanted, each)
 
     # ------------------------------------------------------------------ best-effort writes
 

@@ -176,12 +176,14 @@ def load_group(
     """
     end = first + len(chunks)
     try:
+
+        def hit(i: int, chunk: bytes | None) -> None:
+            if chunk is not None:  # handed over at once: a warm group is read chunk by chunk
+                _settle(chunks[i], chunk)
+
         found: list[bytes | None] = (
-            [None] * len(chunks) if content is None else content.get_chunks(entry, first, end)
+            [None] * len(chunks) if content is None else content.get_chunks(entry, first, end, hit)
         )
-        for fut, hit in zip(chunks, found, strict=True):
-            if hit is not None:
-                _settle(fut, hit)
         for a, b in chunk_runs(entry, first, found, GROUP_BYTES):
             _fetch_run(entry, a, b, source, content, chunks[a - first : b - first])
     finally:
