@@ -21,6 +21,7 @@ from blobfs.registry._mirrors import mirror_base_url, parse_mirrors
 from blobfs.registry.cache import IndexCache, ManifestCache, RefCache, RegistryCaches
 from tests._cli import Capture, run, run_json
 from tests._registry import LocalRegistry, local_registry
+from tests._trees import write_tree
 
 FILES = {
     "a.txt": b"hello mirrors\n",
@@ -52,11 +53,7 @@ class Counting:
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    src = tmp_path / "src"
-    for name, data in FILES.items():
-        (src / name).parent.mkdir(parents=True, exist_ok=True)
-        (src / name).write_bytes(data)
-    return src
+    return write_tree(tmp_path / "src", FILES)
 
 
 @pytest.fixture

@@ -57,6 +57,7 @@ from tests._registry import LocalRegistry, local_registry
 from tests._servers import Fault as ServerFault
 from tests._servers import RangeServer, serve_blobs
 from tests._token_server import TokenServer
+from tests._trees import write_tree
 
 FILES = {
     "a.txt": b"first file\n" * 50,
@@ -70,11 +71,7 @@ FILES = {
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    src = tmp_path / "src"
-    for name, data in FILES.items():
-        (src / name).parent.mkdir(parents=True, exist_ok=True)
-        (src / name).write_bytes(data)
-    return src
+    return write_tree(tmp_path / "src", FILES)
 
 
 @pytest.fixture
