@@ -3,11 +3,13 @@
 blobfs's async API works under both event loops: the running one is detected with ``sniffio``
 and blocking work (file I/O, SHA-256, zstd) goes to a worker thread of that loop. This is the one
 place that knows how; everything else calls :func:`run_sync_in_thread`.
+
+asyncio is imported only where asyncio is the running loop (so it is loaded already): a trio
+program (the mount) never pays the ~40 ms of importing it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
 from collections.abc import Callable
@@ -36,6 +38,8 @@ async def run_sync_in_thread(fn: Callable[[*Ts], T], *args: *Ts) -> T:
 
         return await trio.to_thread.run_sync(fn, *args)
     if library == "asyncio":
+        import asyncio
+
         loop = asyncio.get_running_loop()
         ctx = contextvars.copy_context()
         fut = loop.run_in_executor(None, functools.partial(ctx.run, fn, *args))
@@ -65,4 +69,6 @@ async def checkpoint() -> None:
 
         await trio.lowlevel.checkpoint()
     else:
+        import asyncio
+
         await asyncio.sleep(0)

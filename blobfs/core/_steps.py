@@ -21,7 +21,6 @@ in worker threads too and never blocks the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import hashlib
@@ -265,6 +264,8 @@ async def wait_done(fut: concurrent.futures.Future[Any]) -> None:
         fut.add_done_callback(wake_trio)
         await event.wait()
         return
+    import asyncio  # here only: trio programs (the mount) never load it
+
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] = loop.create_future()
 

@@ -12,7 +12,6 @@ them with httpx, once synchronously and once asynchronously.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -144,6 +143,8 @@ def _loop_token() -> object:
         import trio  # imported lazily: asyncio users need not pay for it
 
         return trio.lowlevel.current_trio_token()
+    import asyncio  # here only: trio programs (the mount) never load it
+
     return asyncio.get_running_loop()
 
 
