@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..core import Archive
+if TYPE_CHECKING:
+    from ..core import Archive
 
 __all__ = ["MountStats", "SourceInfo"]
 
