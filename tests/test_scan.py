@@ -222,6 +222,33 @@ def test_write_behind_answers_before_the_disk_has_it() -> None:
     assert len(inner.data) == 4
 
 
+def test_write_behind_counts_the_buffers_views_keep_alive() -> None:
+    """Views are queued without copies, each buffer counted once, whole (what the queue keeps
+    alive), however many views of it wait."""
+    import hashlib
+
+    inner = SlowCache()
+    cache = ContentCache(inner)
+    cache.write_behind(max_pending=100 * KiB)
+    group = memoryview(bytes(range(256)) * 360)  # ~90 KiB, like a readahead group's buffer
+    pieces = [group[i * 30 * KiB : (i + 1) * 30 * KiB] for i in range(3)]
+    cache.put_bytes(hashlib.sha256(pieces[0]).digest(), pieces[0])  # 30 KiB: counts 90
+    other = b"o" * (20 * KiB)  # 90 + 20 KiB exceed the bound: not queued
+    cache.put_bytes(hashlib.sha256(other).digest(), other)
+    assert cache.dropped == 1
+    for piece in pieces[1:]:  # more views of the same buffer cost nothing more
+        cache.put_bytes(hashlib.sha256(piece).digest(), piece)
+    assert cache.dropped == 1
+    inner.gate.set()
+    cache.flush()
+    for piece in pieces:
+        assert inner.data[hashlib.sha256(piece).digest()] == bytes(piece)
+    cache.put_bytes(hashlib.sha256(other).digest(), other)  # the queue is empty again
+    cache.stop_write_behind()
+    assert cache.dropped == 1
+    assert inner.data[hashlib.sha256(other).digest()] == other
+
+
 def test_archive_close_stores_what_is_queued(tmp_path: Path, tree: Built) -> None:
     from blobfs.core.cache.disk import DiskCache
 
