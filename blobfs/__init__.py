@@ -6,19 +6,15 @@ first use, so ``import blobfs.core`` does not pull in the HTTP stack.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
-
-__all__ = ["Client", "__version__"]
 
 if TYPE_CHECKING:
     from .client import Client as Client
 
+__all__ = ["Client", "__version__"]
 
-def __getattr__(name: str) -> Any:
-    if name == "Client":
-        from .client import Client
-
-        return Client
-    raise AttributeError(f"module 'blobfs' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, {"Client": ".client"}, __all__)

@@ -16,12 +16,12 @@ registry caches (tags, manifests, indexes) and the content and block caches unde
 from __future__ import annotations
 
 import os
-import tempfile
+import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .core import DEFAULT_MAX_FILE_SIZE, Compression, CreateProgress, Index, create_blob
-from .core.cache.disk import BlockCache, DiskCache
+from .core import DEFAULT_MAX_FILE_SIZE, Compression, Index
 from .registry import (
     DEFAULT_REF_TTL,
     Credentials,
@@ -36,6 +36,10 @@ from .registry import (
     RemoteArchive,
 )
 
+if TYPE_CHECKING:
+    from .core import CreateProgress
+    from .core.cache.disk import BlockCache, DiskCache
+
 __all__ = ["Client"]
 
 
@@ -48,7 +52,8 @@ class Client:
     - ``credentials``: explicit credentials per registry host (they win over the files), or a
       ready :class:`~blobfs.registry.CredentialStore`.
     - ``cache_dir``: when given, pulled archives read through a content cache
-      (``cache_dir/content``) and a block cache (``cache_dir/blocks``), and the registry built
+      (``cache_dir/content``) and a block cache (``cache_dir/blocks``), opened by the first
+      :meth:`pull` (a mount, which brings its own, never opens them), and the registry built
       uses :class:`~blobfs.registry.RegistryCaches` (``cache_dir/refs``, ``manifests``,
       ``indexes``) with tags trusted for ``ref_ttl`` seconds (0 = always resolve); None = no
       caches.
@@ -115,9 +120,20 @@ class Client:
         self.registry = registry
         self._cache: DiskCache | None = None
         self._block_cache: BlockCache | None = None
-        if self.cache_dir is not None:
-            self._cache = DiskCache(self.cache_dir / "content")
-            self._block_cache = BlockCache(self.cache_dir / "blocks")
+        self._caches_lock = threading.Lock()
+
+    def _caches(self) -> tuple[DiskCache | None, BlockCache | None]:
+        """The content and block caches, opened on first use (None without ``cache_dir``)."""
+        if self.cache_dir is None:
+            return None, None
+        with self._caches_lock:
+            if self._cache is None or self._block_cache is None:
+                from .core.cache.disk import BlockCache, DiskCache
+
+                cache = self._cache or DiskCache(self.cache_dir / "content")
+                self._cache = cache
+                self._block_cache = BlockCache(self.cache_dir / "blocks")
+            return self._cache, self._block_cache
 
     @property
     def policy(self) -> ManifestPolicy | None:
@@ -127,7 +143,9 @@ class Client:
     def close(self) -> None:
         """Close the caches and the registry made by this client. Archives pulled before keep
         their connections but must not be read after this (their caches are closed)."""
-        for c in (self._cache, self._block_cache):
+        with self._caches_lock:
+            caches, self._cache, self._block_cache = (self._cache, self._block_cache), None, None
+        for c in caches:
             if c is not None:
                 c.close()
         if self._owns_registry:
@@ -171,6 +189,10 @@ class Client:
             return self.registry.push(
                 r, src, tags=tags, annotations=annotations, progress=upload_progress
             )
+        import tempfile
+
+        from .core import create_blob  # only pushing creates archives
+
         with tempfile.TemporaryDirectory(prefix="blobfs-push-") as tmp:
             create_blob(src, tmp, compression=compression, progress=progress).close()
             return self.registry.push(
@@ -190,9 +212,7 @@ class Client:
         (or use ``with``) when done; it needs the client open (the caches are the client's).
         """
         r = ref if isinstance(ref, Reference) else Reference.parse(ref, default_tag="latest")
+        cache, block_cache = self._caches()
         return self.registry.pull(
-            r,
-            max_file_size=max_file_size,
-            cache=self._cache,
-            block_cache=self._block_cache,
+            r, max_file_size=max_file_size, cache=cache, block_cache=block_cache
         )

@@ -94,18 +94,7 @@ def test_help_and_errors_still_come_from_the_whole_parser(
 def _imported_by(argv: list[str]) -> set[str]:
     """Modules loaded after running ``blobfs ARGV`` in a fresh interpreter (not the names
     blocked with None)."""
-    code = (
-        "import json, sys\n"
-        "from blobfs.cli import main\n"
-        f"rc = main({argv!r})\n"
-        "print(json.dumps(sorted(k for k, v in sys.modules.items() if v is not None)))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
-    )
-    modules: list[str] = json.loads(proc.stdout.splitlines()[-1])
-    return set(modules)
+    return _modules_after(f"from blobfs.cli import main\nrc = main({argv!r})\n")
 
 
 NOT_FOR_MOUNT = (
@@ -143,3 +132,143 @@ def test_other_commands_still_load_their_modules(tmp_path: Path) -> None:
     modules = _imported_by(["ls", str(tmp_path / "none")])
     assert "blobfs.cli._archive_cmds" in modules
     assert "blobfs.cli._trust_cmds" not in modules
+
+
+# ------------------------------------------------------------- what each path imports, at all
+
+
+def _modules_after(code: str) -> set[str]:
+    """Modules loaded (not blocked with None) after running ``code`` in a fresh interpreter."""
+    code += (
+        "\nimport json, sys\n"
+        "print(json.dumps(sorted(k for k, v in sys.modules.items() if v is not None)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    modules: list[str] = json.loads(proc.stdout.splitlines()[-1])
+    return set(modules)
+
+
+def _loaded(modules: set[str], *prefixes: str) -> list[str]:
+    return sorted(m for m in modules if m.startswith(prefixes))
+
+
+HEAVY = ("numpy", "trio", "pyfuse3", "httpx", "httpcore", "asyncio", "cryptography", "zstandard")
+"""What no command needs before it runs (and ``--version``, ``--help``, ``umount`` never)."""
+
+ASYNCIO_ONLY = ("asyncio",)
+"""Loaded only by the asyncio flavour of the async API; the trio mount never."""
+
+CREATE_ONLY = (
+    "blobfs.core._create",  # _create, _create_engine, _create_sink, _create_walk
+    "blobfs.core._index_writer",
+)
+
+
+def test_version_help_and_umount_load_no_heavy_module(tmp_path: Path) -> None:
+    for argv in (["--version"], ["--help"], ["umount", str(tmp_path)], ["status", str(tmp_path)]):
+        modules = _modules_after(
+            "import contextlib, io\n"
+            "from blobfs.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    with contextlib.redirect_stderr(io.StringIO()):\n"
+            f"        main({argv!r})\n"
+        )
+        assert not _loaded(modules, *HEAVY, *CREATE_ONLY), argv
+
+
+def test_version_is_argparse_s_answer(capsys: pytest.CaptureFixture[str]) -> None:
+    """The fast path prints what the parser's --version action prints."""
+    assert _main.main(["--version"]) == 0
+    fast = capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        _main.build_parser().parse_args(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == fast
+    assert fast.startswith("blobfs ")
+
+
+def _local_archive(tmp_path: Path) -> Path:
+    from blobfs.core import create_blob
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"a\n")
+    dest = tmp_path / "archive"
+    create_blob(src, dest).close()
+    return dest
+
+
+def test_mount_of_a_local_archive_loads_no_http_asyncio_or_create_code(tmp_path: Path) -> None:
+    """The whole daemon is loaded (the mount fails on the missing mountpoint only after that)
+    and the archive opened as the daemon opens it: no httpx, asyncio or archive creation."""
+    archive = _local_archive(tmp_path)
+    missing = tmp_path / "no-such-mountpoint"
+    modules = _modules_after(
+        "import contextlib, io\n"
+        "from blobfs.cli import main\n"
+        "with contextlib.redirect_stderr(io.StringIO()):\n"
+        f"    assert main(['mount', {str(archive)!r}, {str(missing)!r}]) == 1\n"
+        "from blobfs.cli._main import build_parser, _settings\n"
+        "from blobfs.cli._common import archive_and_rest, open_archive\n"
+        f"args = build_parser('mount').parse_args(['mount', {str(archive)!r}, 'M'])\n"
+        "ctx, _ = _settings(args)\n"
+        "spec, _ = archive_and_rest(args, args.positionals, min_rest=1, max_rest=1)\n"
+        "with open_archive(spec, ctx) as a:\n"
+        "    assert a.read_file('a.txt') == b'a\\n'\n"
+    )
+    assert {"blobfs.fuse._daemon", "pyfuse3", "trio", "numpy"} <= modules  # it did load
+    assert not _loaded(modules, "httpx", "httpcore", *ASYNCIO_ONLY, *CREATE_ONLY, "cryptography")
+
+
+def test_registry_mount_path_loads_no_asyncio_or_create_code() -> None:
+    modules = _modules_after(
+        "import blobfs.cli._mount_cmds, blobfs.fuse._daemon, blobfs.fuse._counting\n"
+        "from blobfs.client import Client\n"
+        "from blobfs.core.cache.disk import DiskCache\n"
+        "from blobfs.registry import Registry\n"
+    )
+    assert {"httpx", "blobfs.registry._reads", "blobfs.fuse._daemon"} <= modules
+    assert not _loaded(modules, *ASYNCIO_ONLY, *CREATE_ONLY, "blobfs.policy._", "cryptography")
+
+
+@pytest.mark.parametrize("package", ["blobfs", "blobfs.core", "blobfs.registry", "blobfs.policy"])
+def test_lazy_facades_still_give_every_public_name(package: str) -> None:
+    """Each facade's public names resolve in a fresh interpreter, one by one and through
+    ``import *``; its table names exactly ``__all__``; unknown names are AttributeErrors."""
+    code = (
+        "import importlib\n"
+        f"m = importlib.import_module({package!r})\n"
+        "names = list(m.__all__)\n"
+        "assert set(names) <= set(dir(m)), set(names) - set(dir(m))\n"
+        "for n in names:\n"
+        "    assert getattr(m, n) is not None, n\n"
+        "    assert getattr(m, n) is getattr(m, n), n\n"
+        "ns = {}\n"
+        f"exec('from {package} import *', ns)\n"
+        "assert set(names) <= set(ns), set(names) - set(ns)\n"
+        "try:\n"
+        "    m.no_such_name\n"
+        "except AttributeError as e:\n"
+        "    assert 'no_such_name' in str(e)\n"
+        "else:\n"
+        "    raise AssertionError('no AttributeError')\n"
+        "table = getattr(m, '_NAMES', None)\n"
+        "if table is not None:\n"
+        "    assert set(table) == set(names), set(table) ^ set(names)\n"
+    )
+    _modules_after(code)
+
+
+def test_a_client_opens_its_caches_on_first_pull_only(tmp_path: Path) -> None:
+    """A mount builds a Client for its registry (and brings its own content cache): the
+    client's content and block caches must not be created for it (two SQLite ledgers, ~30 ms
+    of a first mount)."""
+    from blobfs.client import Client
+
+    with Client(cache_dir=tmp_path, docker_config=False):
+        pass
+    assert not (tmp_path / "content").exists()
+    assert not (tmp_path / "blocks").exists()

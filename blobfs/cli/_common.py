@@ -27,26 +27,24 @@ import argparse
 import math
 import os
 import re
-import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from ..client import Client
-from ..core import Archive, FileSource, Index, open_file
-from ..core._closing import SupportsClose
-from ..core.cache.disk import BlockCache, DiskCache
-from ..core.http import HttpSource
 from ..errors import InvalidReference
-from ..registry import (
-    DEFAULT_REF_TTL,
-    CredentialStore,
-    ManifestPolicy,
-    Reference,
-    parse_mirrors,
-)
+from ..registry import DEFAULT_REF_TTL, Reference, parse_mirrors
 from ._output import CliError, Output
+
+if TYPE_CHECKING:
+    # Imported where used: a command loads the archive, HTTP and cache code it needs only
+    # (``blobfs mount`` of a local archive never loads httpx; ``umount`` not even numpy).
+    from ..client import Client
+    from ..core import Archive, FileSource
+    from ..core._closing import SupportsClose
+    from ..core.cache.disk import BlockCache, DiskCache
+    from ..core.http import HttpSource
+    from ..registry import CredentialStore, ManifestPolicy
 
 __all__ = [
     "DEFAULT_DATA_NAME",
@@ -218,6 +216,8 @@ def _tls_ca_file(path: Path, doc: dict[str, Any]) -> Path | None:
     configuration error naming the key, not a failure of the first HTTPS request."""
     ca_file = _config_path(path, _table(doc, "tls", _TLS_KEYS), "tls", "ca_file")
     if ca_file is not None:
+        import ssl  # only with a CA bundle configured (~10 ms)
+
         try:
             ssl.create_default_context(cafile=os.fspath(ca_file))
         except OSError as e:  # FileNotFoundError, ssl.SSLError (not PEM), ...
@@ -231,8 +231,9 @@ class Ctx:
     """Per-invocation settings the handlers need besides their own arguments."""
 
     out: Output
-    max_file_size: int
-    """Whole-file read limit in bytes; 0 = unlimited."""
+    max_file_size_option: int | None
+    """``--max-file-size`` in bytes (0 = unlimited), None when not given: see
+    :attr:`max_file_size`."""
     verbose: int = 0
     cache_dir: Path | None = None
     """Root of the caches for remote archives (``None``: the default, see :func:`cache_root`)."""
@@ -256,6 +257,15 @@ class Ctx:
     def __post_init__(self) -> None:
         if self.ca_file is None and self.config.ca_file is not None:
             self.ca_file = os.fspath(self.config.ca_file)
+
+    @property
+    def max_file_size(self) -> int:
+        """Whole-file read limit in bytes; 0 = unlimited."""
+        if self.max_file_size_option is not None:
+            return self.max_file_size_option
+        from ..core import DEFAULT_MAX_FILE_SIZE  # the archive module: only when reading one
+
+        return DEFAULT_MAX_FILE_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +396,8 @@ def make_client(
     cache root (content, blocks, and the registry caches with the configured tag TTL).
     ``credentials`` replaces the default credential store (the mount keeps it to re-read it on
     SIGHUP), ``policy`` is the trust policy the registry evaluates."""
+    from ..client import Client
+
     use = ctx.use_cache if caches is None else caches
     if ctx.offline and not use:
         raise CliError("--offline serves registry metadata from the caches: drop --no-cache")
@@ -430,6 +442,8 @@ def cache_root(ctx: Ctx) -> Path:
 
 
 def open_caches(ctx: Ctx) -> tuple[DiskCache, BlockCache]:
+    from ..core.cache.disk import BlockCache, DiskCache
+
     root = cache_root(ctx)
     return (
         DiskCache(root / "content", max_bytes=ctx.cache_bytes or CONTENT_CACHE_BYTES),
@@ -467,6 +481,8 @@ def open_archive(spec: ArchiveSpec, ctx: Ctx) -> Archive:
     if spec.reference is not None:
         return _pull(spec.reference, ctx)
     if not spec.remote:
+        from ..core import open_file
+
         return open_file(spec.index, spec.data, max_file_size=ctx.max_file_size)
     return _connect(spec, ctx)
 
@@ -485,6 +501,8 @@ def _pull(ref: str, ctx: Ctx) -> Archive:
 
 def _connect(spec: ArchiveSpec, ctx: Ctx) -> Archive:
     """An archive with at least one blob behind a URL; it owns its sources and caches."""
+    from ..core import Archive, Index
+
     headers = dict(spec.headers)
     owned: list[SupportsClose] = []
     try:
@@ -519,7 +537,11 @@ def _source(
     name: str, headers: dict[str, str], digest: bytes = b"", size: int = 0
 ) -> FileSource | HttpSource:
     if not is_url(name):
+        from ..core import FileSource
+
         return FileSource(name, data_hash=digest or None)
+    from ..core.http import HttpSource  # httpx: only for URL blobs
+
     if not digest:
         return HttpSource(name, headers=headers)
     # With the data digest known, the block cache keys on content, not on the URL (the same

@@ -13,7 +13,9 @@ Start-up: a command imports only its own modules. The parser is built for the on
 named on the command line (:func:`_command_of`; ``blobfs mount`` then never imports the trust,
 registry-command or progress-bar modules), and handlers are looked up at dispatch through this
 module's attributes (:data:`_HANDLERS`, imported on first access). Anything else (help, an
-unknown or missing command, the mount(8) helper form) builds the whole parser as before.
+unknown or missing command, the mount(8) helper form) builds the whole parser as before; the
+command modules import their heavy dependencies (numpy, httpx, trio, cryptography) where they
+use them, so even the whole parser loads none of them. ``blobfs --version`` builds no parser.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any, Final, NoReturn
 
 from .. import __version__
-from ..core import CHUNK_SIZE_MAX, CHUNK_SIZE_MIN, DEFAULT_MAX_FILE_SIZE
+from ..core import CHUNK_SIZE_MAX, CHUNK_SIZE_MIN
 from ..errors import BlobfsError, PolicyViolation
 from ._common import (
     DEFAULT_DATA_NAME,
@@ -604,7 +606,7 @@ def _settings(args: argparse.Namespace) -> tuple[Ctx, int]:
     config = load_config(args.config_sub or args.config)
     ctx = Ctx(
         Output(output, quiet),
-        DEFAULT_MAX_FILE_SIZE if mfs is None else mfs,
+        mfs,
         verbose,
         cache_dir=Path(cache_dir) if cache_dir else None,
         use_cache=not (args.no_cache or args.no_cache_sub),
@@ -684,6 +686,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = 0
     try:
         words = list(sys.argv[1:] if argv is None else argv)
+        if words == ["--version"]:  # what argparse would print, without building the parser
+            sys.stdout.write(f"blobfs {__version__}\n")
+            return 0
         command = _command_of(words)
         if command is None:
             # mount(8) runs "blobfs SOURCE MOUNTPOINT -o ..." (no subcommand): that is a mount.

@@ -18,14 +18,11 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..core import Archive
-from ..core.cache.disk import DiskCache
 from ..errors import MountError
 from ..fuse import MountOptions, SourceInfo, parse_options, unmount
-from ..fuse._counting import CountingCache, FetchCounter
-from ..registry import CredentialStore, ManifestPolicy, Reference
+from ..registry import CredentialStore, Reference
 from ._common import (
     CONTENT_CACHE_BYTES,
     ArchiveSpec,
@@ -38,6 +35,10 @@ from ._common import (
     open_archive,
 )
 from ._output import CliError, human_size
+
+if TYPE_CHECKING:
+    from ..core import Archive
+    from ..registry import ManifestPolicy
 
 __all__ = ["add_mount_commands", "cmd_mount", "cmd_status", "cmd_umount", "helper_argv"]
 
@@ -163,6 +164,9 @@ def _registry_archive(
     """A registry archive owning its client and content cache. No block cache: the mount
     keeps verified files and chunks, which is all it ever reads (see blobfs.fuse._counting);
     ``-o cache_size`` bounds the content cache."""
+    from ..core.cache.disk import DiskCache
+    from ..fuse._counting import CountingCache, FetchCounter
+
     client = make_client(ctx, credentials=store, policy=policy)
     cache = None
     try:

@@ -26,23 +26,19 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import PolicyViolation, RegistryError
-from ..policy import Policy, load_policy, policy_name, require_all
-from ..policy.sigstore import (
-    KEYLESS_SIGNING_UNSUPPORTED,
-    SIGNATURE_ARTIFACT_TYPE,
-    KeyPairPolicy,
-    load_private_key,
-    sign_manifest,
-    write_keypair,
-)
-from ..policy.slsa import ATTESTATION_ARTIFACT_TYPE, SLSA_PROVENANCE_V1, attest, load_predicate
-from ..registry import Descriptor, PolicyRequest, Reference, Registry
-from ._archive_cmds import cmd_verify
+from ..policy._provenance import SLSA_PROVENANCE_V1
 from ._common import Ctx, make_client, parse_reference, reference_arg, usage_error
 from ._output import CliError
+
+if TYPE_CHECKING:
+    from ..policy import Policy
+    from ..registry import Descriptor, Reference, Registry
+
+# The signing and policy code (cryptography, sigstore bundles, in-toto) is imported by the
+# commands that use it: ``blobfs --help`` registers these commands without loading it.
 
 __all__ = [
     "EXIT_POLICY",
@@ -82,6 +78,8 @@ def _password(args: argparse.Namespace, *, confirm: bool) -> str | None:
 
 
 def cmd_keygen(args: argparse.Namespace, ctx: Ctx) -> int:
+    from ..policy.sigstore import write_keypair
+
     prefix = Path(args.prefix)
     password = _password(args, confirm=True)
     try:
@@ -102,6 +100,8 @@ def cmd_keygen(args: argparse.Namespace, ctx: Ctx) -> int:
 
 
 def _private_key(args: argparse.Namespace) -> Any:
+    from ..policy.sigstore import KEYLESS_SIGNING_UNSUPPORTED, load_private_key
+
     if not args.key:
         raise CliError(KEYLESS_SIGNING_UNSUPPORTED)
     return load_private_key(args.key, _password(args, confirm=False))
@@ -127,6 +127,8 @@ def _signed_result(ctx: Ctx, ref: Reference, what: str, subject: str, referrer: 
 
 
 def cmd_sign(args: argparse.Namespace, ctx: Ctx) -> int:
+    from ..policy.sigstore import sign_manifest
+
     ref = parse_reference(args.ref)
     key = _private_key(args)
     with make_client(ctx, caches=False) as client:
@@ -135,6 +137,8 @@ def cmd_sign(args: argparse.Namespace, ctx: Ctx) -> int:
 
 
 def cmd_attest(args: argparse.Namespace, ctx: Ctx) -> int:
+    from ..policy.slsa import attest, load_predicate
+
     ref = parse_reference(args.ref)
     ptype, predicate = load_predicate(args.predicate)
     predicate_type = args.predicate_type or ptype or SLSA_PROVENANCE_V1
@@ -145,6 +149,9 @@ def cmd_attest(args: argparse.Namespace, ctx: Ctx) -> int:
 
 
 def _policy_of(args: argparse.Namespace) -> tuple[Policy, list[str]]:
+    from ..policy import load_policy, require_all
+    from ..policy.sigstore import KeyPairPolicy
+
     parts: list[Policy] = []
     names: list[str] = []
     for path in args.policy:
@@ -159,6 +166,10 @@ def _policy_of(args: argparse.Namespace) -> tuple[Policy, list[str]]:
 def cmd_verify_any(args: argparse.Namespace, ctx: Ctx) -> int:
     """``verify``: with ``--policy``/``--key`` the trust check of a REF, else the content
     check of :func:`~blobfs.cli._archive_cmds.cmd_verify`."""
+    from ..policy import policy_name
+    from ..registry import PolicyRequest
+    from ._archive_cmds import cmd_verify
+
     if not args.policy and not args.verify_key:
         return cmd_verify(args, ctx)
     positionals: list[str] = args.positionals
@@ -205,6 +216,9 @@ def referrer_listing(registry: Registry, ref: Reference) -> dict[str, Any]:
     """``signatures`` and ``attestations`` attached to ``ref`` (pinned to its digest): the
     referrer descriptors (digest, created, predicate type), listed not verified; on a registry
     error the two lists are None and ``referrers_error`` says why."""
+    from ..policy.sigstore import SIGNATURE_ARTIFACT_TYPE
+    from ..policy.slsa import ATTESTATION_ARTIFACT_TYPE
+
     out: dict[str, Any] = {}
     try:
         for key, kind in (

@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import httpx
 
-from ..core import Compression, Index, create_blob
+from ..core import Compression, Index
 from ..errors import DigestMismatch, RegistryError
 from ._manifest import (
     DATA_MEDIA_TYPE,
@@ -350,6 +350,8 @@ class Uploads(Transport):
             )
         if not src_path.is_dir():
             raise ValueError(f"{src}: not a directory")
+        from ..core import create_blob  # here only: pulling and mounting never create archives
+
         with tempfile.TemporaryDirectory(prefix="blobfs-push-") as tmp:
             create_blob(src_path, tmp, compression=compression).close()
             return self._push_archive(
