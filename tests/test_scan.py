@@ -9,6 +9,7 @@ close.
 from __future__ import annotations
 
 import io
+import os
 import re
 import threading
 from pathlib import Path
@@ -282,3 +283,48 @@ async def test_mount_style_reads_with_write_behind(tree: Built) -> None:
             f.close()
             assert data == tree.contents[name]
     assert len(cache.data) >= 600
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "extend"])
+def test_get_many_reads_entries_into_one_buffer_and_verifies_each(
+    tmp_path: Path, damage: str
+) -> None:
+    """Entries found on disk (together at least a MiB) come back as read-only views of one
+    buffer, each verified on its own: a damaged entry is None and deleted, its neighbours are
+    served."""
+    import hashlib
+
+    from blobfs.core.cache.disk import DiskCache
+
+    items = [os.urandom(512 * KiB) for _ in range(3)]
+    digests = [hashlib.sha256(x).digest() for x in items]
+    with DiskCache(tmp_path / "c") as disk:
+        for d, x in zip(digests, items, strict=True):
+            disk.put_bytes(d, x)
+        good = items[1]
+        bad = {
+            "flip": good[:9] + bytes([good[9] ^ 1]) + good[10:],
+            "truncate": good[:-1],
+            "extend": good + b"x",
+        }[damage]
+        Path(disk.path(digests[1])).write_bytes(bad)
+        cache = ContentCache(disk)
+        seen: list[int] = []
+        got = cache.get_many(
+            [
+                (d, len(x), f"f{i}", "content")
+                for i, (d, x) in enumerate(zip(digests, items, strict=True))
+            ],
+            lambda i, _: seen.append(i),
+        )
+        assert seen == [0, 1, 2]
+        assert got[1] is None
+        assert not Path(disk.path(digests[1])).exists()  # deleted: the next read refetches
+        for i in (0, 2):
+            view = got[i]
+            assert isinstance(view, memoryview)
+            assert view.readonly
+            assert bytes(view) == items[i]
+        assert isinstance(got[0], memoryview)
+        assert isinstance(got[2], memoryview)
+        assert got[0].obj is got[2].obj  # one buffer

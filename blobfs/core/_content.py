@@ -39,6 +39,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, BinaryIO, Final, cast
 
+from ._buffers import MAPPED_MIN, new_buffer
+from ._decode import Buffer
 from ._types import Entry
 
 if TYPE_CHECKING:
@@ -173,27 +175,78 @@ class ContentCache:
     def get_many(
         self,
         wanted: list[tuple[bytes, int, str, str]],
-        each: Callable[[int, bytes | None], object] | None = None,
-    ) -> list[bytes | None]:
+        each: Callable[[int, Buffer | None], object] | None = None,
+    ) -> list[Buffer | None]:
         """:meth:`get_bytes` of each ``(digest, size, path, what)``, in order. The entries are
         all opened first and the kernel told to read them (``POSIX_FADV_WILLNEED``), so their
         disk reads overlap instead of following one another: a readahead group or a batch of
         small files from a cold page cache costs about one disk latency, not one per entry.
-        ``each(i, result)`` is called as each one is done (a reader may take it at once)."""
+        ``each(i, result)`` is called as each one is done (a reader may take it at once).
+
+        Entries found on disk are read into one buffer (:func:`~._buffers.new_buffer`) and
+        returned as read-only views of it, once verified: a warm readahead group then costs no
+        allocation per entry (fresh 1 MiB ``bytes`` cost a page fault per 4 KiB: an eighth of
+        the daemon's CPU on a warm sequential read)."""
         found: list[bytes | BinaryIO | None] = []
         for digest, size, _, _ in wanted:
             pending = self._pending_content(digest, size)
             found.append(pending if pending is not None else self._open(digest))
-        for f in found:
+        on_disk = 0
+        for f, (_, size, _, _) in zip(found, wanted, strict=True):
             if f is not None and not isinstance(f, bytes):
                 _will_need(f)
-        results: list[bytes | None] = []
+                on_disk += size
+        shared = new_buffer(on_disk) if on_disk >= MAPPED_MIN else None
+        at = 0
+        results: list[Buffer | None] = []
         for i, (f, item) in enumerate(zip(found, wanted, strict=True)):
-            data = f if f is None or isinstance(f, bytes) else self._read_verified(f, *item)
+            data: Buffer | None
+            if f is None or isinstance(f, bytes):
+                data = f
+            elif shared is None:
+                data = self._read_verified(f, *item)
+            else:
+                data = self._read_verified_into(f, shared[at : at + item[1]], *item)
+                at += item[1]
             results.append(data)
             if each is not None:
                 each(i, data)
         return results
+
+    def _read_verified_into(
+        self, f: BinaryIO, out: memoryview, digest: bytes, size: int, path: str, what: str
+    ) -> memoryview | None:
+        """:meth:`_read_verified`, reading into ``out`` (``size`` bytes): a read-only view of
+        it once verified, else None (what ``out`` holds is then garbage nobody may use)."""
+        readinto = getattr(f, "readinto", None)
+        if readinto is None:  # a user's cache may hand out a minimal file object
+            data = self._read_verified(f, digest, size, path, what)
+            if data is None:
+                return None
+            out[:] = data
+            return out.toreadonly()
+        try:
+            with f:
+                got = 0
+                while got < size:
+                    n = readinto(out[got:])
+                    if not n:
+                        break
+                    got += n
+                extra = f.read(1) if got == size else b""  # an overlong entry is corrupt too
+        except Exception as e:
+            self._reject(digest, path, what, f"read failed: {e!r}")
+            return None
+        if extra:
+            got += len(extra)
+        if got != size:
+            self._reject(digest, path, what, _size_problem(got, size))
+            return None
+        actual = hashlib.sha256(out).digest()
+        if actual != digest:
+            self._reject(digest, path, what, f"SHA-256 is {actual.hex()}")
+            return None
+        return out.toreadonly()
 
     def _read_verified(
         self, f: BinaryIO | None, digest: bytes, size: int, path: str, what: str
@@ -291,8 +344,8 @@ class ContentCache:
         entry: Entry,
         first: int,
         end: int,
-        each: Callable[[int, bytes | None], object] | None = None,
-    ) -> list[bytes | None]:
+        each: Callable[[int, Buffer | None], object] | None = None,
+    ) -> list[Buffer | None]:
         """Chunks ``first .. end - 1`` of ``entry`` (each as :meth:`get_chunk`), their disk
         reads overlapping (:meth:`get_many`; ``each(i, chunk)`` as each is done)."""
         wanted = []

@@ -214,7 +214,7 @@ class _FileCore:
             ra.finish(pos)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _load_chunks(self, first: int, end: int) -> Steps[list[bytes]]:
+    def _load_chunks(self, first: int, end: int) -> Steps[list[Buffer]]:
         check_extent(self.entry, self._source_size)
         return (yield from chunk_steps(self.entry, first, end, self._content))
 

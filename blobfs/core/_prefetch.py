@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from typing import Final, TypeVar, TypeVarTuple
 
 from ._content import ContentCache
-from ._decode import decode_chunk_view
+from ._decode import Buffer, decode_chunk_view
 from ._source import ByteSource
 from ._steps import chunk_runs, new_buffer, read_buffer
 from ._types import Entry
@@ -177,11 +177,11 @@ def load_group(
     end = first + len(chunks)
     try:
 
-        def hit(i: int, chunk: bytes | None) -> None:
+        def hit(i: int, chunk: Buffer | None) -> None:
             if chunk is not None:  # handed over at once: a warm group is read chunk by chunk
                 _settle(chunks[i], chunk)
 
-        found: list[bytes | None] = (
+        found: list[Buffer | None] = (
             [None] * len(chunks) if content is None else content.get_chunks(entry, first, end, hit)
         )
         for a, b in chunk_runs(entry, first, found, GROUP_BYTES):

@@ -25,17 +25,24 @@ import concurrent.futures
 import contextlib
 import hashlib
 import logging
-import mmap
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar, cast
 
 import sniffio
 
 from ..errors import HashMismatch, IntegrityError, SourceError
 from ._aio import run_sync_in_thread
+from ._buffers import new_buffer
 from ._content import ContentCache
-from ._decode import MAX_FETCH, PayloadDecoder, check_extent, decode_chunks, split_range
+from ._decode import (
+    MAX_FETCH,
+    Buffer,
+    PayloadDecoder,
+    check_extent,
+    decode_chunks,
+    split_range,
+)
 from ._source import ByteSource
 from ._types import Entry
 
@@ -154,31 +161,6 @@ WritableBuffer: TypeAlias = bytearray | memoryview
 
 Progress: TypeAlias = Callable[[int], object]
 """``read_into``'s progress callback: the first ``n`` bytes of the buffer are in and final."""
-
-
-MAPPED_MIN: Final = 1 << 20
-"""Buffers from this size on are anonymous memory maps (:func:`new_buffer`)."""
-
-_PRIVATE_MAP: Final = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-
-
-def new_buffer(length: int) -> memoryview:
-    """A writable, zeroed buffer of ``length`` bytes for a loader to fill. From
-    :data:`MAPPED_MIN` on it is an anonymous memory map, returned to the system as soon as the
-    last view of it is gone: glibc would serve such sizes from its heap once a large block was
-    freed (its mmap threshold rises to the largest block freed), and a daemon streaming 8-16 MiB
-    buffers would keep their high-water mark resident.
-
-    The map is private and asks for transparent huge pages: ``mmap.mmap(-1, n)`` alone is a
-    *shared* map, backed by shmem, whose first touch of each 4 KiB page costs a fault and a
-    page-cache insertion (measured: filling 16 MiB took 27 ms that way, 4 ms with private huge
-    pages); on a busy read path those faults were a third of the daemon's CPU."""
-    if length < MAPPED_MIN:
-        return memoryview(bytearray(length))
-    m = mmap.mmap(-1, length, flags=_PRIVATE_MAP)
-    with contextlib.suppress(AttributeError, OSError):  # no THP (not Linux, or disabled)
-        m.madvise(mmap.MADV_HUGEPAGE)
-    return memoryview(m)
 
 
 def read_buffer(source: ByteSource, offset: int, length: int) -> bytes | memoryview:
@@ -339,7 +321,7 @@ def chunk_runs(
 
 def chunk_steps(
     entry: Entry, first: int, end: int, content: ContentCache | None
-) -> Steps[list[bytes]]:
+) -> Steps[list[Buffer]]:
     """Verified content of chunks ``first .. end - 1`` of a chunked ``entry``.
 
     With a content cache each chunk is looked up by ``entry.chunk_hash(k)`` (and verified); the
@@ -348,7 +330,7 @@ def chunk_steps(
     checks the payload extent (:func:`~blobfs.core._decode.check_extent`) and bounds the range
     (everything returned is held in memory).
     """
-    found: list[bytes | None] = (
+    found: list[Buffer | None] = (
         [None] * (end - first) if content is None else content.get_chunks(entry, first, end)
     )
     for a, b in chunk_runs(entry, first, found):
@@ -359,7 +341,7 @@ def chunk_steps(
         if content is not None:
             for i, chunk in enumerate(chunks):
                 content.put_bytes(entry.chunk_hash(a + i), chunk)
-    return cast(list[bytes], found)
+    return cast(list[Buffer], found)
 
 
 def _whole_from_chunks(entry: Entry, content: ContentCache) -> Steps[bytes]:
@@ -368,7 +350,7 @@ def _whole_from_chunks(entry: Entry, content: ContentCache) -> Steps[bytes]:
     cs = entry.chunk_size
     per_window = max(1, MAX_FETCH // cs)
     hasher = hashlib.sha256()
-    parts: list[bytes] = []
+    parts: list[Buffer] = []
     for first in range(0, entry.num_chunks, per_window):
         end = min(first + per_window, entry.num_chunks)
         for chunk in (yield from chunk_steps(entry, first, end, content)):
