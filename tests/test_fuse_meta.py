@@ -22,7 +22,9 @@ import pytest
 
 from blobfs.core import Archive, BytesSource, Compression, Entry, Index, encode_index
 from blobfs.fuse import SourceInfo
+from blobfs.fuse import _entries as entries
 from blobfs.fuse import _fs as fs_module
+from blobfs.fuse import _ops as ops_module
 from blobfs.fuse._fs import DIR_MODE, SIZE_MAX, ArchiveFS, Attr
 from blobfs.fuse._inodes import ROOT_INO
 from blobfs.fuse._ops import TIMEOUT, Operations, entry_attributes
@@ -334,6 +336,88 @@ def test_entry_attributes_carry_every_field(attr: Attr) -> None:
     assert (e.entry_timeout, e.attr_timeout) == (TIMEOUT, TIMEOUT)
     assert (e.generation, e.st_rdev) == (0, 0)
     assert isinstance(cast(object, e), pyfuse3.EntryAttributes)
+
+
+_ATTRS = [
+    Attr(2, stat.S_IFREG | 0o644, 1, 0, 0, 0, 0, 0),
+    Attr(5, stat.S_IFREG | 0o600, 1, 1000, 1001, 12_345, 25, 1_700_000_000_123_456_789),
+    Attr(1 << 40, stat.S_IFDIR | 0o555, 7, (1 << 32) - 1, 3, 0, 0, -1_500_000_001),
+    Attr(9, stat.S_IFREG, 1, 0, 5, SIZE_MAX, 1 << 54, 1),
+]
+
+
+def _struct_of(e: pyfuse3.EntryAttributes) -> bytes:
+    """The ``fuse_entry_param`` libfuse copies out of ``e`` (after the object header)."""
+    return ctypes.string_at(id(e) + object.__basicsize__, entries.ENTRY_SIZE)
+
+
+@pytest.mark.parametrize("attr", _ATTRS)
+def test_records_are_the_struct_pyfuse3_fills(attr: Attr) -> None:
+    """A record is byte for byte what pyfuse3 makes of the same fields, packed row by row or
+    in columns, and reads back as the same attributes (a time before 1970 included)."""
+    record = entries.pack(attr)
+    assert record == _struct_of(entry_attributes(attr))
+    assert entries.unpack(record) == (attr.ino, attr)
+    assert entries.unpack(entries.pack(attr, nodeid=0)) == (0, attr)
+    columns = entries.pack_columns(
+        [attr.ino, attr.ino + 1],
+        np.array([attr.mode] * 2, dtype=np.uint32),
+        attr.nlink,
+        attr.uid,
+        np.array([attr.gid] * 2, dtype=np.uint32),
+        np.array([attr.size] * 2, dtype=np.uint64),
+        np.array([attr.blocks] * 2, dtype=np.uint64),
+        np.array([attr.mtime_ns] * 2, dtype=np.int64),
+    )
+    assert columns == record + entries.pack(attr._replace(ino=attr.ino + 1))
+
+
+def test_bare_records_keep_inode_and_type_only_for_files() -> None:
+    run = entries.bare_run(100, 3)
+    for k in range(3):
+        nodeid, attr = entries.unpack(run, k * entries.ENTRY_SIZE)
+        assert (nodeid, attr.ino, stat.S_IFMT(attr.mode)) == (0, 100 + k, stat.S_IFREG)
+    full = b"".join(map(entries.pack, _ATTRS[1:3]))
+    bare = entries.bare_records(full, [False, True])
+    assert entries.unpack(bare, 0) == (0, _ATTRS[1])
+    assert entries.unpack(bare, entries.ENTRY_SIZE) == (_ATTRS[2].ino, _ATTRS[2])
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("writer", [True, False], ids=["records", "fields-one-by-one"])
+async def test_adapter_sends_each_child_the_struct_of_its_attributes(
+    monkeypatch: pytest.MonkeyPatch, writer: bool
+) -> None:
+    """Through the one reused ``EntryAttributes``, every child of a listing (pages of numpy
+    records and row by row) reaches ``readdir_reply`` as the struct ``entry_attributes``
+    makes of its attributes; so does it where the layout check fails (an object per child,
+    and never a bare file)."""
+    sent: list[tuple[bytes, bytes, int]] = []
+
+    def reply(token: object, name: bytes, e: pyfuse3.EntryAttributes, next_id: int) -> bool:
+        sent.append((name, _struct_of(e), next_id))
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    monkeypatch.setattr(fs_module, "READDIR_PAGE", 7)
+    if not writer:
+        monkeypatch.setattr(ops_module._EntryWriter, "make", classmethod(lambda cls: None))
+    with _archive(_tree_entries()) as archive:
+        fs = ArchiveFS(archive, SourceInfo("x"))
+        ops = Operations(fs)
+        assert fs.bare_files == writer
+        fs.bare_files = False
+        for path in ("top", "w/leaf", "top/s"):
+            ino = _lookup(fs, path)
+            want = _listing(ArchiveFS(archive, SourceInfo("x")), ino)
+            sent.clear()
+            fh = await ops.opendir(ino, CTX)
+            await ops.readdir(fh, 0, cast(pyfuse3.ReaddirToken, None))
+            await ops.releasedir(fh)
+            assert [n for n, _, _ in sent] == list(want)
+            assert [o for _, _, o in sent] == list(range(1, len(want) + 1))
+            for name, raw, _ in sent:
+                assert raw == _struct_of(entry_attributes(want[name])), (path, name)
 
 
 def test_listing_attributes_of_a_real_archive(tmp_path: Path) -> None:

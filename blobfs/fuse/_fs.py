@@ -21,19 +21,27 @@ few microseconds; a directory listing costs per child). Concurrency: one event-l
 from __future__ import annotations
 
 import errno
-import functools
 import json
 import logging
 import os
 import stat
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
-from itertools import repeat
+from collections.abc import Iterator
 from typing import Final, Generic, NamedTuple, TypeVar
 
 import numpy as np
 
 from ..core import Archive, FileSource
+from ._entries import (
+    BLOCK_SIZE,
+    ENTRY_SIZE,
+    Attr,
+    bare_records,
+    bare_run,
+    pack,
+    pack_columns,
+    unpack,
+)
 from ._errno import FsError, errno_for
 from ._inodes import ROOT_INO, Listing, Node, NodeMap
 from ._readers import Readers
@@ -58,10 +66,6 @@ logger = logging.getLogger("blobfs.fuse")
 DIR_MODE: Final = 0o555
 """Synthesized directories: everyone may list and traverse, nobody may write (read-only)."""
 
-BLOCK_SIZE: Final = 128 << 10
-"""``st_blksize`` and ``f_bsize``: programs size their reads by it (``cp``, ``cat``), and the
-kernel's FUSE requests are 128 KiB by default, so smaller buffers only cost more requests."""
-
 SIZE_MAX: Final = (1 << 63) - 1
 """Largest size ``stat`` can show (``st_size`` is a signed 64-bit ``off_t``): an index may
 claim more for a zstd entry (a hostile one), which then shows this."""
@@ -74,16 +78,17 @@ ATTR_CACHE: Final = 65536
 """Attributes kept per inode (about 200 bytes each): the hot set of a tree walk, 13 MB."""
 
 LISTING_CACHE_NAMES: Final = 131072
-"""Children kept in cached directory listings (about 100 bytes each, and 200 more once listed
-with attributes: 40 MB at most): a listing serves link counts and ``readdir`` pages of one
+"""Children kept in cached directory listings (about 100 bytes each, and 176 more once listed:
+36 MB at most): a listing serves link counts and ``readdir`` pages of one
 directory; at least the last one stays."""
 
 READDIR_PAGE: Final = 1024
-"""Children whose attributes are made together (about 0.3 ms): a page costs a few numpy calls
-plus well under a microsecond a child, and a directory listed once is listed whole."""
+"""Children whose directory entries are made together: a page costs a few numpy calls plus
+well under a microsecond a child, and a directory listed once is listed whole."""
 
 BARE_MAX: Final = 1024
-"""Directories up to this many children may be listed with bare files (:meth:`ArchiveFS.readdir`):
+"""Directories up to this many children may be listed with bare files
+(:meth:`ArchiveFS.readdir_pages`):
 a program that then stats them all looks up at most this many before listings carry attributes
 again. A bigger directory is always listed with them."""
 
@@ -127,22 +132,6 @@ class _Lru(Generic[K, V]):
         while self._weight > self._limit and len(self._items) > 1:
             _, (_, w) = self._items.popitem(last=False)
             self._weight -= w
-
-
-class Attr(NamedTuple):
-    """What ``stat`` says about an inode (atime and ctime are the mtime)."""
-
-    ino: int
-    mode: int
-    nlink: int
-    uid: int
-    gid: int
-    size: int
-    blocks: int
-    mtime_ns: int
-
-
-_ATTR_NEW: Final = functools.partial(tuple.__new__, Attr)
 
 
 class StatFs(NamedTuple):
@@ -245,7 +234,7 @@ class ArchiveFS:
     def _listing(self, node: Node) -> Listing:
         listing = self._listings.get(node.ino)
         if listing is None:
-            listing = self._nodes.children(node)
+            listing = self._nodes.children(node, READDIR_PAGE)
             self._listings.put(node.ino, listing, max(1, len(listing)))
         return listing
 
@@ -284,44 +273,63 @@ class ArchiveFS:
         the children in name order. An offset is a place in the directory's fixed listing, so
         it stays valid across handles, concurrent listings and remounts.
 
+        A bare file (see :meth:`readdir_pages`) comes as its inode number only (an ``int``
+        instead of :class:`Attr`). The same entries as :meth:`readdir_pages`, one by one."""
+        for names, records, at, pos in self.readdir_pages(fh, start):
+            for name in names:
+                nodeid, attr = unpack(records, at)
+                pos += 1
+                yield name, attr if nodeid else attr.ino, pos
+                at += ENTRY_SIZE
+
+    def readdir_pages(self, fh: int, start: int) -> Iterator[tuple[list[bytes], bytes, int, int]]:
+        """The entries from offset ``start`` on, as pages ``(names, records, at, pos)``: the
+        record of ``names[i]`` (``_entries.py``) is at byte ``at + i * ENTRY_SIZE`` of
+        ``records``, and its offset is ``pos + i`` (the next entry's, ``pos + i + 1``, is what
+        the kernel passes back to continue after it). Offsets as in :meth:`readdir`.
+
         With :attr:`bare_files`, a directory of at most :data:`BARE_MAX` children gives its
-        files as their inode number only (an ``int`` instead of :class:`Attr`: a regular file
-        whose attributes were not made), until a program looks a file up by name."""
+        files *bare*, with node id 0: the kernel keeps their names, inode numbers and types
+        but makes no inode (a program that stats one looks it up), until a program looks a
+        file up by name."""
         h = self._handles.get(fh)
         if not isinstance(h, _DirHandle):
             raise FsError(errno.EBADF)
         node, listing = h
-        if start <= 0:
-            yield b".", self._attr(node), 1
         if start <= 1:
-            yield b"..", self._attr(self._nodes.parent(node)), 2
-        names, attrs = listing.names, listing.attrs
-        if self.bare_files and len(names) <= BARE_MAX:
-            dirs, positions, file_ino = listing.dirs, listing.positions, self._nodes.file_ino
-            for k in range(max(start, 2) - 2, len(names)):
-                if not dirs[k]:
-                    yield names[k], file_ino(positions[k]), k + 3
-                    continue
-                attr = attrs[k]
-                if attr is None:
-                    path = listing.prefix + names[k]
-                    attr = attrs[k] = self._row_attr(listing.ino(k), positions[k], True, path)
-                yield names[k], attr, k + 3
-            return
-        for k in range(max(start, 2) - 2, len(names)):
-            attr = attrs[k]
-            if attr is None:
-                self._fill(listing, k)
-                attr = attrs[k]
-            yield names[k], attr, k + 3
+            dots = pack(self._attr(node)) + pack(self._attr(self._nodes.parent(node)))
+            yield [b".", b".."][max(start, 0) :], dots, max(start, 0) * ENTRY_SIZE, max(start, 0)
+        n, page = len(listing), listing.page
+        bare = self.bare_files and n <= BARE_MAX
+        k = max(start, 2) - 2
+        while k < n:
+            p, at = divmod(k, page)
+            hi = min(n, p * page + page)
+            yield listing.names[k:hi], self._page(listing, p, bare), at * ENTRY_SIZE, k + 2
+            k = hi
 
-    def _fill(self, listing: Listing, k: int) -> None:
-        """Attributes of children ``k ..`` of ``listing``, a page at a time, made together from
-        the index's attribute columns (numpy: a few array operations per page instead of a
-        decode per file), and kept in the listing for the next ``readdir`` call and the next
-        lister. The same values as :meth:`_node_attr`."""
+    def _page(self, listing: Listing, p: int, bare: bool) -> bytes:
+        """The records of page ``p`` of ``listing``, its files bare if ``bare``."""
+        lo = p * listing.page
+        hi = min(len(listing), lo + listing.page)
+        positions = listing.positions
+        if bare and not listing.subdirs and positions[hi - 1] - positions[lo] == hi - 1 - lo:
+            # Files only, a run of positions (the usual leaf): no attributes needed at all.
+            return bare_run(self._nodes.file_ino(positions[lo]), hi - lo)
+        records = listing.records[p]
+        if records is None:
+            records = listing.records[p] = self._fill(listing, p)
+        if bare and listing.subdirs < len(listing):
+            records = bare_records(records, listing.dirs[lo:hi])
+        return records
+
+    def _fill(self, listing: Listing, p: int) -> bytes:
+        """The records of page ``p`` of ``listing``, made together from the index's attribute
+        columns (numpy: a few array operations per page instead of a decode per file). The
+        same values as :meth:`_node_attr`."""
         index = self.archive.index
-        hi = min(len(listing), k + READDIR_PAGE)
+        k = p * listing.page
+        hi = min(len(listing), k + listing.page)
         n = hi - k
         positions = listing.positions[k:hi]
         if n <= _FEW:
@@ -329,24 +337,21 @@ class ArchiveFS:
             rows = zip(
                 listing.inos(k, hi), positions, listing.dirs[k:hi], listing.names[k:hi], strict=True
             )
-            listing.attrs[k:hi] = [
-                row(i, p, d, prefix + name if d else b"") for i, p, d, name in rows
-            ]
-            return
+            made = (row(i, q, d, prefix + name if d else b"") for i, q, d, name in rows)
+            return b"".join(map(pack, made))
         first = positions[0]
-        inos: Iterable[int]
         if not listing.subdirs and positions[-1] - first == n - 1:
             # A run of files (a directory without subdirectories, the usual leaf): views of the
             # columns and a range of inode numbers, no index arrays.
             cols = index.attributes_range(first, first + n)
             base = self._nodes.file_ino(first)
-            inos = range(base, base + n)
+            inos: np.ndarray | list[int] = np.arange(base, base + n, dtype=np.uint64)
         else:
             cols = index.attributes(positions)
             inos = listing.inos(k, hi)
         mode = stat.S_IFREG | (cols.mode & self._keep)
         size = np.minimum(cols.size, np.uint64(SIZE_MAX))
-        nlink: Iterable[int] = repeat(1)
+        nlink: np.ndarray | int = 1
         if listing.subdirs:
             dirs = listing.dirs[k:hi]
             isdir = np.asarray(dirs, dtype=bool)
@@ -354,21 +359,19 @@ class ArchiveFS:
             size = np.where(isdir, np.uint64(0), size)
             sub, prefix = index.subdir_count, listing.prefix
             names = listing.names[k:hi]
-            nlink = [2 + sub(prefix + n) if d else 1 for n, d in zip(names, dirs, strict=True)]
-        blocks = (size + np.uint64(511)) >> np.uint64(9)
-        listing.attrs[k:hi] = map(
-            _ATTR_NEW,
-            zip(
-                inos,
-                mode.tolist(),
-                nlink,
-                cols.uid.tolist() if self._uid is None else repeat(self._uid),
-                cols.gid.tolist() if self._gid is None else repeat(self._gid),
-                size.tolist(),
-                blocks.tolist(),
-                cols.mtime_ns.tolist(),
-                strict=False,  # the repeat()s are endless; the others have hi - k items
-            ),
+            nlink = np.array(
+                [2 + sub(prefix + n) if d else 1 for n, d in zip(names, dirs, strict=True)],
+                dtype=np.uint64,
+            )
+        return pack_columns(
+            inos,
+            mode,
+            nlink,
+            cols.uid if self._uid is None else self._uid,
+            cols.gid if self._gid is None else self._gid,
+            size,
+            (size + np.uint64(511)) >> np.uint64(9),
+            cols.mtime_ns,
         )
 
     def releasedir(self, fh: int) -> None:

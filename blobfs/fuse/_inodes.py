@@ -19,7 +19,7 @@ not grow with what was looked up.
 from __future__ import annotations
 
 import errno
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
 
 from ..core import Index
 from ._errno import FsError
@@ -115,26 +115,37 @@ class NodeMap:
         assert first is not None  # a prefix of an archive path is a directory
         return Node(self.dir_ino(path.count(b"/") + 1, first), path, True, first)
 
-    def children(self, node: Node) -> Listing:
-        """Children of directory ``node``, sorted by name bytes (the listing order)."""
+    def children(self, node: Node, page: int) -> Listing:
+        """Children of directory ``node``, sorted by name bytes (the listing order), their
+        records to be made ``page`` at a time."""
         if node.pos < 0:
-            return Listing([], [], [], node)
+            return Listing([], [], [], node, page)
         names, positions, dirs = self._index.children(node.path)
-        return Listing(names, positions, dirs, node)
+        return Listing(names, positions, dirs, node, page)
 
 
 class Listing:
     """The children of one directory, sorted by name bytes: parallel lists of names, positions
-    and directory flags (about 100 bytes a child), and their attributes once made.
+    and directory flags (about 100 bytes a child), and their directory-entry records once made
+    (``_entries.py``: 176 bytes a child), a page of ``page`` children at a time.
 
     Immutable once built: any number of readers may walk it at once, and a child's place in it
     is the same on every listing of the directory (readdir offsets rely on that).
     """
 
-    __slots__ = ("_depth_bits", "attrs", "dirs", "names", "positions", "prefix", "subdirs")
+    __slots__ = (
+        "_depth_bits",
+        "dirs",
+        "names",
+        "page",
+        "positions",
+        "prefix",
+        "records",
+        "subdirs",
+    )
 
     def __init__(
-        self, names: list[bytes], positions: list[int], dirs: list[bool], parent: Node
+        self, names: list[bytes], positions: list[int], dirs: list[bool], parent: Node, page: int
     ) -> None:
         self.names = names
         self.positions = positions
@@ -144,8 +155,10 @@ class Listing:
         """The directory's path with a trailing ``/`` (``b""`` for the root): a child's path is
         ``prefix + name``."""
         self._depth_bits = (parent.depth + 1) << _DIR_SHIFT
-        self.attrs: list[Any] = [None] * len(names)
-        """Per child: its attributes once the file system made them (``_fs.py``), else None."""
+        self.page = page
+        self.records: list[bytes | None] = [None] * -(-len(names) // page)
+        """Per page (children ``p * page ..``): their records once the file system made them
+        (``_fs.py``), else None."""
 
     def __len__(self) -> int:
         return len(self.names)
