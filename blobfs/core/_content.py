@@ -35,15 +35,17 @@ import io
 import logging
 import os
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, BinaryIO, Final, cast
 
 from ._buffers import MAPPED_MIN, new_buffer
 from ._decode import Buffer
 from ._types import Entry
+from ._whole import StreamOp, WholeFileStream
 
 if TYPE_CHECKING:
+    from ._whole import _Writer as _EntryWriter
     from .cache import Cache
 
 __all__ = ["ContentCache"]
@@ -79,6 +81,51 @@ def _pinned(data: bytes | memoryview) -> tuple[int, int]:
         return id(owner), whole.nbytes
 
 
+_NO_WHOLE_MAX: Final = 4096
+"""Files remembered as having no whole-file entry (so each is probed once, not per group)."""
+
+
+class _Op:
+    """One job of the writer thread: a put (``stream`` None, ``what`` the digest) or an
+    operation of a whole-file stream (``what`` the :class:`StreamOp`)."""
+
+    __slots__ = ("data", "k", "stream", "what")
+
+    def __init__(
+        self,
+        stream: WholeFileStream | None,
+        what: bytes | StreamOp,
+        data: bytes | memoryview | None,
+        k: int,
+    ) -> None:
+        self.stream = stream
+        self.what = what
+        self.data = data
+        self.k = k
+
+
+def _fileno(f: BinaryIO) -> int | None:
+    """``f``'s file descriptor, or None when it is not a real file (a user's cache)."""
+    try:
+        return f.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+
+
+def _read_at(f: BinaryIO, fd: int | None, out: memoryview, offset: int) -> int:
+    """Fill ``out`` from ``offset`` of ``f`` (``fd`` its descriptor, if any): bytes read."""
+    if fd is not None:
+        return os.preadv(fd, [out], offset)
+    f.seek(offset)
+    got = 0
+    while got < len(out):
+        n = f.readinto(out[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return got
+
+
 def _size_problem(got: int, size: int) -> str:
     have = f"more than {size}" if got > size else str(got)
     return f"{have} bytes, expected {size}"
@@ -101,11 +148,14 @@ class ContentCache:
         "_cond",
         "_limit",
         "_max_pending",
+        "_no_whole",
         "_pending",
         "_pending_bytes",
         "_pins",
+        "_queue",
         "_warned",
         "_writer",
+        "_writing",
         "dropped",
     )
 
@@ -118,8 +168,12 @@ class ContentCache:
         self._pending: OrderedDict[bytes, bytes | memoryview] = OrderedDict()
         self._pending_bytes = 0  # the size of every buffer in self._pins
         self._pins: dict[int, list[int]] = {}  # buffer key -> [size, queued entries using it]
+        # what the writer thread is to do, in order: puts (also in _pending) and stream ops
+        self._queue: deque[_Op] = deque()
         self._max_pending = 0  # 0: put_bytes stores in the calling thread
         self._writer: threading.Thread | None = None
+        self._writing = False  # the writer thread runs (it drains the queue before it ends)
+        self._no_whole: set[bytes] = set()  # files seen without a whole-file entry
         self.dropped = 0  # puts not stored because the write-behind queue was full
 
     @classmethod
@@ -347,12 +401,117 @@ class ContentCache:
         each: Callable[[int, Buffer | None], object] | None = None,
     ) -> list[Buffer | None]:
         """Chunks ``first .. end - 1`` of ``entry`` (each as :meth:`get_chunk`), their disk
-        reads overlapping (:meth:`get_many`; ``each(i, chunk)`` as each is done)."""
+        reads overlapping (:meth:`get_many`; ``each(i, chunk)`` as each is done). A whole-file
+        entry of ``entry`` (``_whole.py``) serves them when there is one, each chunk verified
+        against the chunk table."""
+        whole = self._whole_chunks(entry, first, end, each)
+        if whole is not None:
+            return whole
         wanted = []
         for k in range(first, end):
             lo, hi = entry.chunk_bounds(k)
             wanted.append((entry.chunk_hash(k), hi - lo, entry.path, f"chunk {k}"))
         return self.get_many(wanted, each)
+
+    def _whole_chunks(
+        self,
+        entry: Entry,
+        first: int,
+        end: int,
+        each: Callable[[int, Buffer | None], object] | None,
+    ) -> list[Buffer | None] | None:
+        """Chunks ``first .. end - 1`` read from the whole-file entry of ``entry``, or None
+        without a usable one (the caller looks the chunks up one by one). A chunk failing its
+        hash is None and the whole entry is deleted; a wrong-sized entry is deleted unread."""
+        digest = entry.hash
+        if entry.num_chunks < 2 or digest in self._no_whole:
+            return None
+        f = self._open(digest)
+        if f is None:
+            with self._cond:
+                if len(self._no_whole) >= _NO_WHOLE_MAX:
+                    self._no_whole.clear()
+                self._no_whole.add(digest)
+            return None
+        lo, _ = entry.chunk_bounds(first)
+        _, hi = entry.chunk_bounds(end - 1)
+        out = new_buffer(hi - lo)
+        results: list[Buffer | None] = []
+        with f:
+            try:
+                size = f.seek(0, os.SEEK_END)
+                if size != entry.original_size:
+                    why = _size_problem(size, entry.original_size)
+                    self._reject(digest, entry.path, "content", why)
+                    return None
+                fd = _fileno(f)
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.posix_fadvise(fd, lo, hi - lo, os.POSIX_FADV_WILLNEED)
+            except Exception as e:
+                self._reject(digest, entry.path, "content", f"read failed: {e!r}")
+                return None
+            bad = ""
+            for k in range(first, end):
+                a, b = entry.chunk_bounds(k)
+                view = out[a - lo : b - lo]
+                chunk: Buffer | None = None
+                try:
+                    got = _read_at(f, fd, view, a)
+                except Exception as e:
+                    bad = bad or f"read failed: {e!r}"
+                else:
+                    if got != b - a:
+                        bad = bad or _size_problem(got, b - a)
+                    elif hashlib.sha256(view).digest() != entry.chunk_hash(k):
+                        bad = bad or f"chunk {k} does not match the chunk table"
+                    else:
+                        chunk = view.toreadonly()
+                results.append(chunk)
+                if each is not None:
+                    each(k - first, chunk)
+        if bad:
+            self._reject(digest, entry.path, "content", bad)
+        return results
+
+    def stream_whole(self, entry: Entry) -> WholeFileStream | None:
+        """A stream storing ``entry`` as one whole-file entry as it is read front to back
+        (``_whole.py``), or None: write-behind is off, the cache cannot write entries in pieces,
+        the file has fewer than two chunks, is more than half of a bounded cache, or has a
+        whole-file entry already (its readers then read that)."""
+        if (
+            not self._max_pending
+            or entry.num_chunks < 2
+            or not self.fits(entry.original_size)
+            or (self._limit and entry.original_size > self._limit // 2)
+            or getattr(self._cache, "open_writer", None) is None
+        ):
+            return None
+        if entry.hash not in self._no_whole:
+            f = self._open(entry.hash)
+            if f is not None:
+                with contextlib.suppress(Exception):
+                    f.close()
+                return None
+            with self._cond:
+                self._no_whole.add(entry.hash)
+        return WholeFileStream(self, entry)
+
+    def open_writer(self, digest: bytes) -> _EntryWriter | None:
+        """The wrapped cache's writer for an entry written in pieces (None on failure, logged)."""
+        open_writer = getattr(self._cache, "open_writer", None)
+        if open_writer is None:
+            return None
+        try:
+            return cast("_EntryWriter | None", open_writer(digest))
+        except Exception as e:
+            self._failed("put", digest, e)
+            return None
+
+    def found_whole(self, digest: bytes) -> None:
+        """A whole-file entry for ``digest`` was stored: look it up again."""
+        with self._cond:
+            self._no_whole.discard(digest)
 
     # ------------------------------------------------------------------ best-effort writes
 
@@ -380,6 +539,10 @@ class ContentCache:
             with self._cond:
                 if self._enqueue_locked(digest, data):
                     return
+        self._store(digest, data)
+
+    def store_now(self, digest: bytes, data: bytes | memoryview) -> None:
+        """Store ``data`` in the calling thread, whatever write-behind does; failures logged."""
         self._store(digest, data)
 
     def _store(self, digest: bytes, data: bytes | memoryview) -> None:
@@ -411,6 +574,7 @@ class ContentCache:
         with self._cond:
             self._max_pending = max_pending
             if self._writer is None:
+                self._writing = True
                 self._writer = threading.Thread(
                     target=self._write_loop, name="blobfs-cache-writer", daemon=True
                 )
@@ -425,6 +589,28 @@ class ContentCache:
             return None
         return data if isinstance(data, bytes) else bytes(data)
 
+    def _pin_locked(self, data: bytes | memoryview) -> bool:
+        """Count the buffer ``data`` keeps alive in the queue's bound; False (and nothing
+        counted) when it does not fit."""
+        key, size = _pinned(data)
+        pin = self._pins.get(key)
+        if pin is not None:
+            pin[1] += 1
+            return True
+        if self._queue and self._pending_bytes + size > self._max_pending:
+            return False
+        self._pins[key] = [size, 1]
+        self._pending_bytes += size
+        return True
+
+    def _unpin_locked(self, data: bytes | memoryview) -> None:
+        key, _ = _pinned(data)
+        pin = self._pins[key]
+        pin[1] -= 1
+        if not pin[1]:
+            del self._pins[key]
+            self._pending_bytes -= pin[0]
+
     def _enqueue_locked(self, digest: bytes, data: bytes | memoryview) -> bool:
         """Queue ``data`` (or drop it when the queue is full: see the module docstring); False
         when write-behind is off, so the caller stores it."""
@@ -432,9 +618,7 @@ class ContentCache:
             return False
         if digest in self._pending:
             return True
-        key, size = _pinned(data)
-        pin = self._pins.get(key)
-        if pin is None and self._pending and self._pending_bytes + size > self._max_pending:
+        if not self._pin_locked(data):
             self.dropped += 1
             if self.dropped == 1:
                 logger.info(
@@ -443,39 +627,63 @@ class ContentCache:
                 )
             return True
         self._pending[digest] = data
-        if pin is None:
-            self._pins[key] = [size, 1]
-            self._pending_bytes += size
-        else:
-            pin[1] += 1
+        self._queue.append(_Op(None, digest, data, -1))
         self._cond.notify_all()
+        return True
+
+    def queue_stream_op(
+        self,
+        stream: WholeFileStream,
+        op: StreamOp,
+        data: bytes | memoryview | None = None,
+        k: int = -1,
+    ) -> bool:
+        """Queue ``op`` of ``stream`` for the writer thread. An append that does not fit the
+        queue (or comes when write-behind is off) is refused: False. A commit or an abort is
+        always taken; once the writer thread is gone it runs in the calling thread."""
+        with self._cond:
+            queued = data is not None or self._writing
+            if data is not None and (not self._max_pending or not self._pin_locked(data)):
+                return False
+            if queued:
+                self._queue.append(_Op(stream, op, data, k))
+                self._cond.notify_all()
+        if not queued:
+            stream.run(op, None, k)
         return True
 
     def _write_loop(self) -> None:
         cond = self._cond
         while True:
             with cond:
-                while not self._pending and self._max_pending:
+                while not self._queue and self._max_pending:
                     cond.wait()
-                if not self._pending:
+                if not self._queue:
+                    self._writing = False
                     return  # closed and drained
-                digest, data = next(iter(self._pending.items()))
-            # Stored before it leaves the queue: lookups keep finding it meanwhile.
-            self._store(digest, data)
+                item = self._queue[0]
+            # A put is stored before it leaves the queue: lookups keep finding it meanwhile.
+            if item.stream is None:
+                self._store(cast(bytes, item.what), cast("bytes | memoryview", item.data))
+            else:
+                try:
+                    item.stream.run(cast(StreamOp, item.what), item.data, item.k)
+                except Exception:  # a bug: the writer thread must go on
+                    logger.exception(
+                        "content cache: whole-file entry of %s", item.stream.entry.path
+                    )
             with cond:
-                self._pending.pop(digest, None)
-                key, _ = _pinned(data)
-                pin = self._pins[key]
-                pin[1] -= 1
-                if not pin[1]:
-                    del self._pins[key]
-                    self._pending_bytes -= pin[0]
+                self._queue.popleft()
+                if item.stream is None:
+                    self._pending.pop(cast(bytes, item.what), None)
+                if item.data is not None:
+                    self._unpin_locked(item.data)
                 cond.notify_all()
 
     def flush(self) -> None:
-        """Wait until every queued put has been stored (no-op without write-behind)."""
+        """Wait until everything queued has been written (no-op without write-behind)."""
         with self._cond:
-            while self._pending and self._writer is not None:
+            while self._queue and self._writing:
                 self._cond.wait()
 
     def stop_write_behind(self) -> None:

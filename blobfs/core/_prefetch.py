@@ -54,6 +54,7 @@ from ._decode import Buffer, decode_chunk_view
 from ._source import ByteSource
 from ._steps import chunk_runs, new_buffer, read_buffer
 from ._types import Entry
+from ._whole import WholeFileStream
 
 __all__ = [
     "GROUP_BYTES",
@@ -166,6 +167,7 @@ def load_group(
     source: ByteSource,
     content: ContentCache | None,
     chunks: list[Future[ChunkResult]],
+    store: bool = True,
 ) -> None:
     """Resolve ``chunks[i]`` with chunk ``first + i`` of ``entry``, verified, or its error.
 
@@ -185,7 +187,9 @@ def load_group(
             [None] * len(chunks) if content is None else content.get_chunks(entry, first, end, hit)
         )
         for a, b in chunk_runs(entry, first, found, GROUP_BYTES):
-            _fetch_run(entry, a, b, source, content, chunks[a - first : b - first])
+            _fetch_run(
+                entry, a, b, source, content if store else None, chunks[a - first : b - first]
+            )
     finally:
         for fut in chunks:  # a bug or interpreter shutdown: no reader may wait forever
             _settle(fut, RuntimeError("readahead ended without loading this chunk"))
@@ -272,6 +276,7 @@ class Readahead:
         "_ramp",
         "_source",
         "_streak",
+        "_whole",
     )
 
     def __init__(
@@ -293,6 +298,9 @@ class Readahead:
         self._last_end = 0  # where the last successful read ended
         self._streak = 0  # consecutive reads continuing the previous one
         self._ramp = RAMP_BYTES  # content limit of the next group scheduled
+        # The whole-file entry being written while the file is read from its start (_whole.py):
+        # its groups store nothing themselves, the chunks go to it as they are taken.
+        self._whole: WholeFileStream | None = None
 
     @property
     def window(self) -> tuple[int, int] | None:
@@ -334,6 +342,8 @@ class Readahead:
             if k != self._next:
                 self._ramp = RAMP_BYTES  # a new window, not the old one running on
             self._next = k
+            if k == 0 and self._whole is None and self._content is not None:
+                self._whole = self._content.stream_whole(self._entry)
         self._top_up()
         if groups and groups[0].first <= k < groups[0].end:
             return groups[0]
@@ -357,7 +367,9 @@ class Readahead:
                 size += hi - lo
                 end += 1
             chunks: list[Future[ChunkResult]] = [Future() for _ in range(first, end)]
-            job = self._pool.submit(load_group, entry, first, self._source, self._content, chunks)
+            job = self._pool.submit(
+                load_group, entry, first, self._source, self._content, chunks, self._whole is None
+            )
             if job is None:  # the archive was closed: read without readahead
                 self._horizon = 0
                 return
@@ -377,6 +389,8 @@ class Readahead:
             self.discard()
             return None
         if not isinstance(item, Exception):
+            if self._whole is not None:
+                self._whole.feed(k, item)
             return item
         logger.debug("%s: readahead of chunk %d failed: %r", self._entry.path, k, item)
         self.discard()
@@ -393,7 +407,11 @@ class Readahead:
         return False
 
     def discard(self) -> None:
-        """Drop the window: queued groups are cancelled, running ones finish unused."""
+        """Drop the window: queued groups are cancelled, running ones finish unused; a
+        whole-file entry being written is abandoned (its chunks stored one by one)."""
+        if self._whole is not None:
+            self._whole.abandon()
+            self._whole = None
         for g in self._groups:
             g.job.cancel()
             for fut in g.chunks:  # nobody may wait for a group that will not run

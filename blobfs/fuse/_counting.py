@@ -160,6 +160,11 @@ class CountingCache:
         else:
             put_bytes(digest, data)
 
+    def open_writer(self, digest: bytes) -> object | None:
+        """The inner cache's ``open_writer`` (entries written in pieces), None without one."""
+        open_writer = getattr(self._inner, "open_writer", None)
+        return None if open_writer is None else open_writer(digest)
+
     def delete(self, digest: bytes) -> None:
         self._inner.delete(digest)
 

@@ -289,14 +289,15 @@ class FileStore:
 
     # --- writes -----------------------------------------------------------------------------
 
-    def new_temp(self, hexkey: str) -> tuple[int, str] | None:
+    def new_temp(self, hexkey: str, *, readable: bool = False) -> tuple[int, str] | None:
         """Open a new temp file next to the entry's final place: ``(fd, path)``, or ``None``
-        after logging an I/O error. The caller writes it, then :meth:`commit` or
-        :meth:`discard`."""
+        after logging an I/O error. The caller writes it (and may read it back when
+        ``readable``), then :meth:`commit` or :meth:`discard`."""
         final = self.path(hexkey)
         shard = os.path.dirname(final)
         tmp = os.path.join(shard, f"{TEMP_PREFIX}{hexkey[:16]}-{secrets.token_hex(6)}")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        mode = os.O_RDWR if readable else os.O_WRONLY
+        flags = mode | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
             try:
                 return os.open(tmp, flags, 0o600), tmp

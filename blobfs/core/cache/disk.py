@@ -41,7 +41,14 @@ from ._blocks import BlockStore, CachedSource, CacheStats
 from ._common import COPY_CHUNK, check_digest
 from ._store import FileStore, write_all
 
-__all__ = ["DEFAULT_BLOCK_CACHE_BYTES", "BlockCache", "CacheStats", "CachedSource", "DiskCache"]
+__all__ = [
+    "DEFAULT_BLOCK_CACHE_BYTES",
+    "BlockCache",
+    "CacheStats",
+    "CachedSource",
+    "DiskCache",
+    "EntryWriter",
+]
 
 DEFAULT_BLOCK_CACHE_BYTES = 256 << 20
 """256 MiB of blocks: 4,096 blocks of 64 KiB, enough for the random-access working set of a
@@ -128,6 +135,16 @@ class DiskCache(Closing):
             return
         self._files.write(hexkey, data)
 
+    def open_writer(self, digest: bytes) -> EntryWriter | None:
+        """A writer building the entry ``digest`` piece by piece (the mount stores a file read
+        front to back as one entry this way), or None when the entry exists already or no
+        temp file could be made (logged). See :class:`EntryWriter`."""
+        hexkey = check_digest(digest).hex()
+        if self._files.exists(hexkey):
+            return None
+        temp = self._files.new_temp(hexkey, readable=True)
+        return None if temp is None else EntryWriter(self._files, hexkey, *temp)
+
     def _copy(self, f: BinaryIO, fd: int, tmp: str) -> int | None:
         """Copy ``f`` to ``fd``: the size, or ``None`` when over the limit or the write failed
         (logged). Exceptions raised by ``f`` propagate."""
@@ -161,6 +178,68 @@ class DiskCache(Closing):
 
     def __repr__(self) -> str:
         return f"DiskCache({self.directory!r}, max_bytes={self._files.max_bytes})"
+
+
+class EntryWriter:
+    """An entry of a :class:`DiskCache` being written in pieces: a temp file that becomes the
+    entry on :meth:`commit` (readers never see it before), or is deleted on :meth:`discard`.
+    Write errors are logged and make :meth:`write` return False; the caller then discards.
+    The caller guarantees the content is what the digest names (the read path appends verified
+    chunks in order). Not thread-safe: one thread writes, commits or discards."""
+
+    __slots__ = ("_fd", "_files", "_hexkey", "_tmp", "size")
+
+    def __init__(self, files: FileStore, hexkey: str, fd: int, tmp: str) -> None:
+        self._files = files
+        self._hexkey = hexkey
+        self._fd: int | None = fd
+        self._tmp = tmp
+        self.size = 0  # bytes written so far
+
+    def write(self, data: bytes | memoryview) -> bool:
+        """Append ``data``; False (logged) when it could not be written or the writer is done."""
+        if self._fd is None:
+            return False
+        try:
+            write_all(self._fd, data)
+        except OSError as e:
+            self._files.warn_io("cannot write cache file %s: %s", self._tmp, e)
+            return False
+        self.size += len(data)
+        return True
+
+    def read_back(self, offset: int, length: int) -> bytes | None:
+        """Bytes written earlier (to store them another way when the entry is abandoned);
+        None when they cannot be read. Unverified: whatever is stored from them is checked by
+        the cache's readers, like every entry."""
+        if self._fd is None:
+            return None
+        try:
+            data = os.pread(self._fd, length, offset)
+        except OSError:
+            return None
+        return data if len(data) == length else None
+
+    def commit(self) -> bool:
+        """Make what was written the entry; True if this call stored it."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return False
+        try:
+            os.close(fd)
+        except OSError as e:
+            self._files.warn_io("cannot write cache file %s: %s", self._tmp, e)
+            self._files.discard(self._tmp)
+            return False
+        return self._files.commit(self._hexkey, self._tmp, self.size)
+
+    def discard(self) -> None:
+        """Delete the temp file; idempotent (a no-op after :meth:`commit`)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            self._files.discard(self._tmp)
 
 
 class BlockCache(Closing):

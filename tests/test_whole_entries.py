@@ -1,0 +1,168 @@
+"""Whole-file cache entries (``blobfs/core/_whole.py``): a chunked file read front to back is
+stored as one content-cache entry keyed by its SHA-256 instead of one entry per chunk; readers
+verify each chunk they take from it; a reader stopping early, seeking away or failing loses
+nothing (what was written is stored as chunk entries)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from blobfs.core import Archive, BytesSource, Index
+from blobfs.core._content import ContentCache
+from blobfs.core.cache.disk import DiskCache
+from tests.test_archive_cache import Built, build, incompressible
+
+MiB = 1 << 20
+CHUNKS = 12
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    return build(
+        tmp_path_factory.mktemp("whole"),
+        {"big.bin": incompressible(CHUNKS * MiB + 12345, 7), "small.txt": b"tiny\n"},
+        chunk_size=MiB,
+    )
+
+
+class Counting(BytesSource):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.fetched = 0
+        self.ranges: list[tuple[int, int]] = []
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        self.fetched += length
+        self.ranges.append((offset, length))
+        return super().read_at(offset, length)
+
+
+def entries(disk: DiskCache) -> dict[str, int]:
+    """``{hex digest: size}`` of every entry in the cache directory."""
+    out = {}
+    for shard in Path(disk.directory).iterdir():
+        if shard.is_dir() and len(shard.name) == 2:
+            for f in shard.iterdir():
+                if len(f.name) == 64:
+                    out[f.name] = f.stat().st_size
+    return out
+
+
+def read(big: Built, disk: DiskCache, pieces: int | None = None, step: int = MiB) -> bytes:
+    """Read big.bin from the start in ``step`` pieces (all, or ``pieces`` of them) through an
+    archive writing the cache behind, as the mount does; the archive is closed after."""
+    src = Counting(big.data)
+    archive = Archive(big.index, src, cache=disk)
+    archive.write_cache_behind()
+    with archive, archive.open("big.bin") as f:
+        if pieces is None:
+            return b"".join(iter(lambda: f.read(step), b""))
+        return b"".join(f.read(step) for _ in range(pieces))
+
+
+def test_a_file_read_front_to_back_is_one_entry_served_warm_without_fetching(
+    tmp_path: Path, big: Built
+) -> None:
+    content = big.contents["big.bin"]
+    entry = Index(big.index).entry("big.bin")
+    with DiskCache(tmp_path / "c") as disk:
+        assert read(big, disk) == content
+        assert entries(disk) == {entry.hash.hex(): len(content)}  # one entry, no chunk entries
+        with open(disk.path(entry.hash), "rb") as f:
+            assert hashlib.sha256(f.read()).digest() == entry.hash
+        # Warm: every chunk comes from the whole-file entry, verified; nothing is fetched.
+        src = Counting(big.data)
+        with Archive(big.index, src, cache=disk) as archive, archive.open("big.bin") as f:
+            f.seek(5 * MiB + 7)  # random access is served from it too
+            assert f.read(3 * MiB) == content[5 * MiB + 7 : 8 * MiB + 7]
+            f.seek(0)
+            assert f.read() == content
+        assert src.fetched == 0
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_whole_file_entry_is_dropped_and_its_bytes_never_served(
+    tmp_path: Path, big: Built, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    content = big.contents["big.bin"]
+    entry = Index(big.index).entry("big.bin")
+    with DiskCache(tmp_path / "c") as disk:
+        read(big, disk)
+        path = disk.path(entry.hash)
+        raw = bytearray(Path(path).read_bytes())
+        if damage == "flip":
+            raw[3 * MiB + 100] ^= 1  # inside chunk 3
+        else:
+            del raw[-1]
+        Path(path).write_bytes(raw)
+        src = Counting(big.data)
+        with (
+            caplog.at_level(logging.WARNING, logger="blobfs"),
+            Archive(big.index, src, cache=disk) as archive,
+            archive.open("big.bin") as f,
+        ):
+            assert f.read() == content
+        assert "is corrupt" in caplog.text
+        assert src.fetched > 0  # what the entry could not give was fetched and verified
+        assert not os.path.exists(path) or Path(path).read_bytes() == content
+
+
+@pytest.mark.parametrize("how", ["stop early", "seek away"])
+def test_a_reader_leaving_early_loses_nothing(tmp_path: Path, big: Built, how: str) -> None:
+    content = big.contents["big.bin"]
+    entry = Index(big.index).entry("big.bin")
+    with DiskCache(tmp_path / "c") as disk:
+        src = Counting(big.data)
+        archive = Archive(big.index, src, cache=disk)
+        archive.write_cache_behind()
+        with archive, archive.open("big.bin") as f:
+            assert f.read(MiB) == content[:MiB]
+            assert f.read(MiB) == content[MiB : 2 * MiB]
+            assert f.read(MiB) == content[2 * MiB : 3 * MiB]
+            if how == "seek away":
+                f.seek(9 * MiB)
+                assert f.read(MiB) == content[9 * MiB : 10 * MiB]
+        stored = entries(disk)
+        assert entry.hash.hex() not in stored  # no whole-file entry of a partial read
+        for k in range(3):  # the chunks the reader took are stored one by one
+            assert entry.chunk_hash(k).hex() in stored
+        # ... and serve the next reader without fetching them (readahead fetches what follows).
+        src2 = Counting(big.data)
+        with Archive(big.index, src2, cache=disk) as archive2, archive2.open("big.bin") as f:
+            assert f.read(3 * MiB) == content[: 3 * MiB]
+        chunk3, _ = entry.chunk_payload(3)
+        assert all(offset >= chunk3 for offset, _ in src2.ranges)
+
+
+def test_a_file_over_half_a_bounded_cache_is_stored_chunk_by_chunk(
+    tmp_path: Path, big: Built
+) -> None:
+    content = big.contents["big.bin"]
+    entry = Index(big.index).entry("big.bin")
+    with DiskCache(tmp_path / "c", max_bytes=len(content) + MiB) as disk:
+        assert read(big, disk) == content
+        stored = entries(disk)
+        assert entry.hash.hex() not in stored
+        assert entry.chunk_hash(0).hex() in stored
+        assert entry.chunk_hash(CHUNKS).hex() in stored  # the short last chunk too
+
+
+def test_without_write_behind_or_a_piecewise_cache_nothing_changes(big: Built) -> None:
+    """A user's cache without ``open_writer`` keeps chunk entries (and reads work)."""
+    from tests.test_archive_cache import DictCache
+
+    cache = DictCache()
+    content = big.contents["big.bin"]
+    archive = Archive(big.index, BytesSource(big.data), cache=cache)
+    archive.write_cache_behind()
+    with archive, archive.open("big.bin") as f:
+        assert f.read() == content
+    entry = Index(big.index).entry("big.bin")
+    assert entry.hash not in cache.data
+    assert entry.chunk_hash(0) in cache.data
+    assert ContentCache(cache).stream_whole(entry) is None
