@@ -9,6 +9,7 @@ name the subcommands agree with the parser, and help or unknown words still get 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from blobfs.cli import _main
+from blobfs.cli._output import CliError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -272,3 +274,33 @@ def test_a_client_opens_its_caches_on_first_pull_only(tmp_path: Path) -> None:
         pass
     assert not (tmp_path / "content").exists()
     assert not (tmp_path / "blocks").exists()
+
+
+def test_mount_start_up_runs_without_the_gc_and_turns_it_back_on(tmp_path: Path) -> None:
+    """``cmd_mount`` switches the cyclic GC off for its start-up; a failed mount (here: no
+    mountpoint) and the daemon's archive factory, opened or failed, turn it back on."""
+    from blobfs.cli import _mount_cmds
+    from blobfs.cli._common import ArchiveSpec
+
+    archive = _local_archive(tmp_path)
+    assert gc.isenabled()
+    assert _main.main(["mount", str(archive), str(tmp_path / "no-such-mountpoint")]) == 1
+    assert gc.isenabled()
+
+    ctx, _ = _main._settings(_main.build_parser("mount").parse_args(["mount", "A", "M"]))
+    good = ArchiveSpec(str(archive / "index.blob"), str(archive / "data.blob"), "a", archive)
+    bad = ArchiveSpec(str(tmp_path / "none"), str(tmp_path / "none"), "none")
+    try:
+        gc.disable()
+        with _mount_cmds._opener(good, ctx, None, None, resume_gc=True)() as opened:
+            assert gc.isenabled()
+            assert opened.read_file("a.txt") == b"a\n"
+        gc.disable()
+        with pytest.raises(CliError):
+            _mount_cmds._opener(bad, ctx, None, None, resume_gc=True)()
+        assert gc.isenabled()
+        gc.disable()
+        _mount_cmds._opener(good, ctx, None, None, resume_gc=False)().close()
+        assert not gc.isenabled()  # not ours to turn on
+    finally:
+        gc.enable()

@@ -6,6 +6,7 @@ it); ``console_main()`` is the process entry point that exits with it.
 
 from __future__ import annotations
 
+import os
 import sys
 
 # httpx imports its own command-line client when rich, click and pygments happen to be installed
@@ -15,6 +16,12 @@ import sys
 if "httpx" not in sys.modules:
     # typeshed types sys.modules values as modules, but None is the documented import blocker.
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+# numpy (the index columns) loads OpenBLAS, which starts a thread per core at import and keeps it
+# spinning for a while: on a 2-core machine that took ~50 ms of every mount's start-up, for
+# linear algebra blobfs never does. One thread unless the user chose otherwise; only before
+# numpy is imported does it matter.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from ._main import main as main
 
