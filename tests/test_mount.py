@@ -625,6 +625,33 @@ def test_cold_reads_fetch_only_what_they_need(
         assert stats["cache_hit_rate"] > 0
 
 
+def test_a_file_read_through_is_cached_as_one_entry(
+    tmp_path: Path, registry: tuple[LocalRegistry, Path], sample: tuple[Path, dict[str, bytes]]
+) -> None:
+    """``cat`` of a chunked file leaves one content-cache entry, the whole file under its
+    SHA-256 (not one per chunk); a later mount reads the file from it, fetching nothing."""
+    reg, _ = registry
+    archive, files = sample
+    ref = f"{reg.host}/sample/whole:v1"
+    with Registry() as client:
+        client.push(ref, archive)
+    entry = Index((archive / "index.blob").read_bytes()).entry("big/chunked.bin")
+    assert entry.chunked
+    cache_dir = tmp_path / "shared-cache"
+    cache = ["cache_dir=" + os.fspath(cache_dir)]
+    with mounted([ref], tmp_path / "mnt1", options=cache) as m:
+        subprocess.run(
+            ["cat", os.fspath(m.path / "big/chunked.bin")], check=True, stdout=subprocess.DEVNULL
+        )
+    stored = {p.name: p for p in cache_dir.rglob("*") if p.is_file() and len(p.name) == 64}
+    assert entry.hash.hex() in stored
+    assert hashlib.sha256(stored[entry.hash.hex()].read_bytes()).digest() == entry.hash
+    assert not {entry.chunk_hash(k).hex() for k in range(entry.num_chunks)} & set(stored)
+    with mounted([ref], tmp_path / "mnt2", options=cache) as m:
+        assert (m.path / "big/chunked.bin").read_bytes() == files["big/chunked.bin"]
+        assert m.stats()["bytes_fetched"] == 0
+
+
 def test_kernel_tuning_is_applied(tmp_path: Path, sample: tuple[Path, dict[str, bytes]]) -> None:
     from blobfs.fuse._sysfs import mount_tuning
 
