@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -304,3 +305,56 @@ def test_mount_start_up_runs_without_the_gc_and_turns_it_back_on(tmp_path: Path)
         assert not gc.isenabled()  # not ours to turn on
     finally:
         gc.enable()
+
+
+def test_the_opening_cache_waits_for_and_forwards_to_the_cache() -> None:
+    from blobfs.cli._mount_cmds import _OpeningCache
+    from blobfs.core.cache import MemoryCache
+    from blobfs.fuse._counting import CountingCache
+
+    started = threading.Event()
+    release = threading.Event()
+    inner = MemoryCache()
+
+    def slow_open() -> MemoryCache:
+        started.set()
+        release.wait(10)
+        return inner
+
+    opening = _OpeningCache(slow_open)
+    assert started.wait(10)  # opened in another thread, while this one goes on
+    release.set()
+    counted = CountingCache(opening)
+    counted.put_bytes(b"\1" * 32, b"content")  # an optional method, found through the opening
+    f = counted.get(b"\1" * 32)
+    assert f is not None
+    with f:
+        assert f.read() == b"content"
+    assert opening.opened() is inner
+    assert (opening.size_bytes(), opening.max_bytes()) == (inner.size_bytes(), inner.max_bytes())
+    counted.close()
+
+
+def test_a_cache_that_cannot_be_opened_still_fails_the_registry_mount(tmp_path: Path) -> None:
+    """The content cache is opened while the manifest and index are fetched; an unusable
+    cache directory is still an error of the archive's opening (before the mount exists)."""
+    from blobfs.cli import _mount_cmds
+    from blobfs.registry import CredentialStore, Registry
+    from tests._registry import local_registry
+
+    archive = _local_archive(tmp_path)
+    (tmp_path / "not-a-dir").write_bytes(b"")
+    with local_registry(tmp_path / "reg") as reg:
+        ref = f"{reg.host}/startup/a:v1"
+        with Registry() as client:
+            client.push(ref, archive)
+        parser = _main.build_parser("mount")
+        ctx, _ = _main._settings(parser.parse_args(["mount", ref, "M"]))
+        ctx.cache_dir = tmp_path / "not-a-dir"
+        store = CredentialStore(docker_config=False, auth_file=False)
+        with pytest.raises(NotADirectoryError, match="not-a-dir"):
+            _mount_cmds._registry_archive(ref, ctx, store, None)
+        ctx.cache_dir = tmp_path / "cache"
+        with _mount_cmds._registry_archive(ref, ctx, store, None) as opened:
+            assert opened.read_file("a.txt") == b"a\n"
+        assert (tmp_path / "cache" / "content").is_dir()

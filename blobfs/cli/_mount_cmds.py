@@ -17,9 +17,10 @@ import gc
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import MountError
 from ..fuse import MountOptions, SourceInfo, parse_options, unmount
@@ -39,6 +40,7 @@ from ._output import CliError, human_size
 
 if TYPE_CHECKING:
     from ..core import Archive
+    from ..core.cache import Cache
     from ..registry import ManifestPolicy
 
 __all__ = ["add_mount_commands", "cmd_mount", "cmd_status", "cmd_umount", "helper_argv"]
@@ -159,6 +161,66 @@ def _load_policy(path: str) -> ManifestPolicy:
     return policy
 
 
+class _OpeningCache:
+    """A content cache opened in a thread of its own: creating a new cache directory's SQLite
+    ledger takes 15-50 ms, which then overlaps the manifest and index fetch of a first mount.
+    Every use waits for the opening; :meth:`opened` raises what the opening raised."""
+
+    def __init__(self, open_cache: Callable[[], Cache]) -> None:
+        self._done = threading.Event()
+        self._cache: Cache | None = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._cache = open_cache()
+            except BaseException as e:  # handed to the thread that uses the cache
+                self._error = e
+            finally:
+                self._done.set()
+
+        threading.Thread(target=run, name="blobfs-cache-open", daemon=True).start()
+
+    def opened(self) -> Cache:
+        """The cache, once open (waits for it)."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._cache is not None
+        return self._cache
+
+    def get(self, digest: bytes) -> BinaryIO | None:
+        return self.opened().get(digest)
+
+    def put(self, digest: bytes, f: BinaryIO) -> None:
+        self.opened().put(digest, f)
+
+    def delete(self, digest: bytes) -> None:
+        self.opened().delete(digest)
+
+    def max_bytes(self) -> int:
+        return self.opened().max_bytes()
+
+    def size_bytes(self) -> int:
+        return self.opened().size_bytes()
+
+    def prune(self, target_bytes: int) -> int:
+        return self.opened().prune(target_bytes)
+
+    def __getattr__(self, name: str) -> Any:
+        # The cache's optional methods (put_bytes, open_writer, ...), as it has them.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.opened(), name)
+
+    def close(self) -> None:
+        """Close the cache once open; nothing to close when opening failed."""
+        self._done.wait()
+        close = getattr(self._cache, "close", None)
+        if close is not None:
+            close()
+
+
 def _registry_archive(
     ref: str, ctx: Ctx, store: CredentialStore, policy: ManifestPolicy | None
 ) -> Archive:
@@ -169,20 +231,20 @@ def _registry_archive(
     from ..fuse._counting import CountingCache, FetchCounter
 
     client = make_client(ctx, credentials=store, policy=policy)
-    cache = None
+    opening = cache = None
     try:
         if ctx.use_cache:
-            cache = CountingCache(
-                DiskCache(
-                    cache_root(ctx) / "content", max_bytes=ctx.cache_bytes or CONTENT_CACHE_BYTES
-                )
-            )
+            root, limit = cache_root(ctx), ctx.cache_bytes or CONTENT_CACHE_BYTES
+            opening = _OpeningCache(lambda: DiskCache(root / "content", max_bytes=limit))
+            cache = CountingCache(opening)
         archive = client.registry.pull(
             Reference.parse(ref, default_tag="latest"),
             max_file_size=ctx.max_file_size,
             cache=cache,
             block_cache=FetchCounter(),
         )
+        if opening is not None:
+            opening.opened()  # a cache that cannot be opened fails the mount, as before
     except BaseException:
         if cache is not None:
             cache.close()
