@@ -55,6 +55,9 @@ _FIRST_WINDOW: Final = 16
 a window costs about a microsecond plus a slice per path, so a directory of subdirectories
 wastes little on paths it skips, and one of files grows to :data:`_LIST_WINDOW` at once."""
 
+_ONE_WINDOW: Final = 256
+"""Paths below a directory up to which ``listdir`` examines them all at once."""
+
 _WALK_BATCH: Final = 1024
 """Entries decoded together by ``walk``: enough to amortise the numpy calls, few enough that a
 batch's tuples stay in the CPU caches (1,024 walked a million entries in a median 2.3 s here,
@@ -324,7 +327,9 @@ class Index:
         firsts: list[int] = []
         buf = self._buf
         ps, pe = self._pstart_mv, self._pend_mv
-        window = _FIRST_WINDOW
+        # A small subtree is examined in one window (a leaf directory of up to 256 files: one
+        # join and one search), a bigger one starts small in case it is mostly subdirectories.
+        window = end - i if end - i <= _ONE_WINDOW else _FIRST_WINDOW
         while i < end:
             # A window of paths at once: slices by comprehension, the first subdirectory found
             # by one search in their join, so files cost no Python statement of their own. The

@@ -28,13 +28,15 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "BARE_FILE",
     "BLOCK_SIZE",
     "ENTRY_DTYPE",
     "ENTRY_SIZE",
+    "INO_WORD",
     "TIMEOUT",
     "Attr",
+    "Page",
     "bare_records",
-    "bare_run",
     "pack",
     "pack_columns",
     "unpack",
@@ -62,6 +64,19 @@ class Attr(NamedTuple):
     size: int
     blocks: int
     mtime_ns: int
+
+
+class Page(NamedTuple):
+    """Consecutive entries of a listing: the record of ``names[i]`` is at byte
+    ``at + i * ENTRY_SIZE`` of ``records`` and its offset is ``pos + i``; or, when ``run`` is
+    not 0, ``names`` are bare files numbered ``run + i``, each the record at ``at`` with that
+    inode number (a directory of files listed bare: nothing is made per file)."""
+
+    names: list[bytes]
+    records: bytes
+    at: int
+    pos: int
+    run: int
 
 
 ENTRY_SIZE: Final = 176
@@ -175,14 +190,6 @@ def pack_columns(
     return rec.tobytes()
 
 
-def bare_run(first_ino: int, n: int) -> bytes:
-    """Bare records (node id 0, a regular file) of ``n`` files numbered from ``first_ino``:
-    all the kernel reads of a bare entry is its inode number and type."""
-    rec = _blank(_BARE, n)
-    rec["ino"] = np.arange(first_ino, first_ino + n, dtype=np.uint64)
-    return rec.tobytes()
-
-
 def bare_records(records: bytes, dirs: list[bool]) -> bytes:
     """``records`` with the node id of every non-directory (``dirs[k]`` false) cleared."""
     words = np.frombuffer(bytearray(records), dtype="<u8").reshape(-1, _WORDS)
@@ -197,4 +204,7 @@ def _blank(template: bytes, n: int) -> npt.NDArray[np.void]:
 
 _TEMPLATE: Final = pack(Attr(0, 0, 0, 0, 0, 0, 0, 0))
 """The fields every record shares (block size, timeouts); zero elsewhere."""
-_BARE: Final = pack(Attr(0, stat.S_IFREG, 1, 0, 0, 0, 0, 0))
+BARE_FILE: Final = pack(Attr(0, stat.S_IFREG, 1, 0, 0, 0, 0, 0), nodeid=0)
+"""The record of a bare file but for its inode number (:attr:`Page.run`)."""
+INO_WORD: Final = 3
+"""``attr.st_ino`` as the 64-bit word of a record it is."""

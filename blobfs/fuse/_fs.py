@@ -25,25 +25,26 @@ import json
 import logging
 import os
 import stat
-from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Final, Generic, NamedTuple, TypeVar
+from typing import Final, NamedTuple
 
 import numpy as np
 
 from ..core import Archive, FileSource
 from ._entries import (
+    BARE_FILE,
     BLOCK_SIZE,
     ENTRY_SIZE,
     Attr,
+    Page,
     bare_records,
-    bare_run,
     pack,
     pack_columns,
     unpack,
 )
 from ._errno import FsError, errno_for
 from ._inodes import ROOT_INO, Listing, Node, NodeMap
+from ._lru import Lru
 from ._readers import Readers
 from ._stats import MountStats, SourceInfo
 
@@ -86,6 +87,9 @@ READDIR_PAGE: Final = 1024
 """Children whose directory entries are made together: a page costs a few numpy calls plus
 well under a microsecond a child, and a directory listed once is listed whole."""
 
+DIR_NODES: Final = 65536
+"""Directories whose node is kept once listed by their parent (about 200 bytes each)."""
+
 BARE_MAX: Final = 1024
 """Directories up to this many children may be listed with bare files
 (:meth:`ArchiveFS.readdir_pages`):
@@ -101,37 +105,6 @@ XATTR_SOURCE: Final = b"user.blobfs.source"
 XATTR_STATS: Final = b"user.blobfs.stats"
 
 _WRITE_FLAGS: Final = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class _Lru(Generic[K, V]):
-    """A bounded mapping dropping the least recently used items past ``limit`` total weight."""
-
-    __slots__ = ("_items", "_limit", "_weight")
-
-    def __init__(self, limit: int) -> None:
-        self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
-        self._limit = limit
-        self._weight = 0
-
-    def get(self, key: K) -> V | None:
-        item = self._items.get(key)
-        if item is None:
-            return None
-        self._items.move_to_end(key)
-        return item[0]
-
-    def put(self, key: K, value: V, weight: int = 1) -> None:
-        old = self._items.pop(key, None)
-        if old is not None:
-            self._weight -= old[1]
-        self._items[key] = (value, weight)
-        self._weight += weight
-        while self._weight > self._limit and len(self._items) > 1:
-            _, (_, w) = self._items.popitem(last=False)
-            self._weight -= w
 
 
 class StatFs(NamedTuple):
@@ -187,8 +160,11 @@ class ArchiveFS:
         self._gid = gid
         self._keep = 0o777 & ~(umask or 0)
         self._dir_mode = stat.S_IFDIR | (DIR_MODE & self._keep)
-        self._attrs: _Lru[int, Attr] = _Lru(ATTR_CACHE)
-        self._listings: _Lru[int, Listing] = _Lru(LISTING_CACHE_NAMES)
+        self._attrs: Lru[int, Attr] = Lru(ATTR_CACHE)
+        self._listings: Lru[int, Listing] = Lru(LISTING_CACHE_NAMES)
+        self._dirs: Lru[int, tuple[Node, int]] = Lru(DIR_NODES)
+        """Directories seen in a listing: inode number -> (node, parent's inode number), so
+        that opening one, as a tree walk does next, costs no search of the index."""
         self._handles: dict[int, _DirHandle | _FileHandle] = {}
         self._open: dict[int, Readers] = {}  # inode -> readers shared by its file handles
         self._next_fh = 1
@@ -236,13 +212,24 @@ class ArchiveFS:
         if listing is None:
             listing = self._nodes.children(node, READDIR_PAGE)
             self._listings.put(node.ino, listing, max(1, len(listing)))
+            for child in listing.subdir_nodes():
+                self._dirs.put(child.ino, (child, node.ino))
         return listing
 
     def _dir(self, ino: int) -> Node:
+        known = self._dirs.get(ino)
+        if known is not None:
+            return known[0]
         node = self._nodes.node(ino)
         if not node.is_dir:
             raise FsError(errno.ENOTDIR)
         return node
+
+    def _parent_attr(self, node: Node) -> Attr:
+        known = self._dirs.get(node.ino)
+        if known is not None:
+            return self.getattr(known[1])
+        return self._attr(self._nodes.parent(node))
 
     # ------------------------------------------------------------------ metadata
 
@@ -275,18 +262,20 @@ class ArchiveFS:
 
         A bare file (see :meth:`readdir_pages`) comes as its inode number only (an ``int``
         instead of :class:`Attr`). The same entries as :meth:`readdir_pages`, one by one."""
-        for names, records, at, pos in self.readdir_pages(fh, start):
-            for name in names:
+        for names, records, at, pos, run in self.readdir_pages(fh, start):
+            for i, name in enumerate(names, pos + 1):
+                if run:
+                    yield name, run + i - pos - 1, i
+                    continue
                 nodeid, attr = unpack(records, at)
-                pos += 1
-                yield name, attr if nodeid else attr.ino, pos
+                yield name, attr if nodeid else attr.ino, i
                 at += ENTRY_SIZE
 
-    def readdir_pages(self, fh: int, start: int) -> Iterator[tuple[list[bytes], bytes, int, int]]:
-        """The entries from offset ``start`` on, as pages ``(names, records, at, pos)``: the
-        record of ``names[i]`` (``_entries.py``) is at byte ``at + i * ENTRY_SIZE`` of
-        ``records``, and its offset is ``pos + i`` (the next entry's, ``pos + i + 1``, is what
-        the kernel passes back to continue after it). Offsets as in :meth:`readdir`.
+    def readdir_pages(self, fh: int, start: int) -> Iterator[Page]:
+        """The entries from offset ``start`` on, as pages of records
+        (:class:`~blobfs.fuse._entries.Page`): an entry's offset is its place (the next one's,
+        its place + 1, is what the kernel passes back to continue after it). Offsets as in
+        :meth:`readdir`.
 
         With :attr:`bare_files`, a directory of at most :data:`BARE_MAX` children gives its
         files *bare*, with node id 0: the kernel keeps their names, inode numbers and types
@@ -297,31 +286,34 @@ class ArchiveFS:
             raise FsError(errno.EBADF)
         node, listing = h
         if start <= 1:
-            dots = pack(self._attr(node)) + pack(self._attr(self._nodes.parent(node)))
-            yield [b".", b".."][max(start, 0) :], dots, max(start, 0) * ENTRY_SIZE, max(start, 0)
+            dots = listing.dots
+            if dots is None:
+                dots = listing.dots = pack(self._attr(node)) + pack(self._parent_attr(node))
+            first = max(start, 0)
+            yield Page([b".", b".."][first:], dots, first * ENTRY_SIZE, first, 0)
         n, page = len(listing), listing.page
         bare = self.bare_files and n <= BARE_MAX
         k = max(start, 2) - 2
         while k < n:
-            p, at = divmod(k, page)
+            p = k // page
             hi = min(n, p * page + page)
-            yield listing.names[k:hi], self._page(listing, p, bare), at * ENTRY_SIZE, k + 2
+            yield self._page(listing, p, bare, k, hi)
             k = hi
 
-    def _page(self, listing: Listing, p: int, bare: bool) -> bytes:
-        """The records of page ``p`` of ``listing``, its files bare if ``bare``."""
+    def _page(self, listing: Listing, p: int, bare: bool, k: int, hi: int) -> Page:
+        """Children ``k .. hi-1`` of ``listing``, in page ``p``; its files bare if ``bare``."""
+        names, positions = listing.names[k:hi], listing.positions
         lo = p * listing.page
-        hi = min(len(listing), lo + listing.page)
-        positions = listing.positions
-        if bare and not listing.subdirs and positions[hi - 1] - positions[lo] == hi - 1 - lo:
+        end = min(len(listing), lo + listing.page)
+        if bare and not listing.subdirs and positions[end - 1] - positions[lo] == end - 1 - lo:
             # Files only, a run of positions (the usual leaf): no attributes needed at all.
-            return bare_run(self._nodes.file_ino(positions[lo]), hi - lo)
+            return Page(names, BARE_FILE, 0, k + 2, self._nodes.file_ino(positions[k]))
         records = listing.records[p]
         if records is None:
             records = listing.records[p] = self._fill(listing, p)
         if bare and listing.subdirs < len(listing):
-            records = bare_records(records, listing.dirs[lo:hi])
-        return records
+            records = bare_records(records, listing.dirs[lo:end])
+        return Page(names, records, (k - lo) * ENTRY_SIZE, k + 2, 0)
 
     def _fill(self, listing: Listing, p: int) -> bytes:
         """The records of page ``p`` of ``listing``, made together from the index's attribute

@@ -19,6 +19,8 @@ not grow with what was looked up.
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
+from itertools import compress
 from typing import Final, NamedTuple
 
 from ..core import Index
@@ -136,6 +138,7 @@ class Listing:
     __slots__ = (
         "_depth_bits",
         "dirs",
+        "dots",
         "names",
         "page",
         "positions",
@@ -159,6 +162,8 @@ class Listing:
         self.records: list[bytes | None] = [None] * -(-len(names) // page)
         """Per page (children ``p * page ..``): their records once the file system made them
         (``_fs.py``), else None."""
+        self.dots: bytes | None = None
+        """The records of ``.`` and ``..`` once made."""
 
     def __len__(self) -> int:
         return len(self.names)
@@ -167,6 +172,13 @@ class Listing:
         """Inode number of child ``i``."""
         p = self.positions[i]
         return self._depth_bits | p if self.dirs[i] else _FILE_BASE + p
+
+    def subdir_nodes(self) -> Iterator[Node]:
+        """The nodes of the subdirectories, in listing order."""
+        bits, prefix, names, positions = self._depth_bits, self.prefix, self.names, self.positions
+        for k in compress(range(len(names)), self.dirs) if self.subdirs else ():
+            p = positions[k]
+            yield Node(bits | p, prefix + names[k], True, p)
 
     def inos(self, lo: int, hi: int) -> list[int]:
         """Inode numbers of children ``lo .. hi-1``."""

@@ -17,12 +17,13 @@ import ctypes
 import errno
 import stat
 from collections.abc import Sequence
+from itertools import count
 from typing import Final
 
 import pyfuse3
 from pyfuse3 import FUSEError
 
-from ._entries import BLOCK_SIZE, ENTRY_SIZE, TIMEOUT, Attr, pack
+from ._entries import BLOCK_SIZE, ENTRY_SIZE, INO_WORD, TIMEOUT, Attr, pack
 from ._fs import ArchiveFS
 
 __all__ = ["TIMEOUT", "Operations", "entry_attributes"]
@@ -70,11 +71,13 @@ class _EntryWriter:
     pyfuse3 or platform lays it out differently: then every child gets its own object.
     """
 
-    __slots__ = ("entry", "view")
+    __slots__ = ("entry", "view", "words")
 
     def __init__(self, entry: pyfuse3.EntryAttributes, view: memoryview) -> None:
         self.entry = entry
         self.view = view
+        self.words = view.cast("Q")
+        """The record as 64-bit words (``words[INO_WORD]``: the inode number)."""
 
     @classmethod
     def make(cls) -> _EntryWriter | None:
@@ -167,14 +170,19 @@ class Operations(pyfuse3.Operations):
                     if not reply(token, name, entry_attributes(attr), next_id):
                         return
                 return
-            entry, view = writer.entry, writer.view
-            for names, records, at, pos in self.fs.readdir_pages(fh, start_id):
-                for name in names:
+            entry, view, words = writer.entry, writer.view, writer.words
+            for names, records, first, pos, run in self.fs.readdir_pages(fh, start_id):
+                if run:  # bare files: one record, their inode numbers
+                    view[:] = records[first : first + ENTRY_SIZE]
+                    for name, next_id, ino in zip(names, count(pos + 1), count(run)):
+                        words[INO_WORD] = ino
+                        if not reply(token, name, entry, next_id):
+                            return
+                    continue
+                for name, next_id, at in zip(names, count(pos + 1), count(first, ENTRY_SIZE)):
                     view[:] = records[at : at + ENTRY_SIZE]
-                    pos += 1
-                    if not reply(token, name, entry, pos):
+                    if not reply(token, name, entry, next_id):
                         return
-                    at += ENTRY_SIZE
         except Exception as e:
             raise self._fail(e, "readdir", fh=fh) from None
 
