@@ -304,6 +304,33 @@ def test_dot_entries_and_the_root() -> None:
         assert fs.getattr(_lookup(fs, "w")).nlink == 2 + 1  # leaf
 
 
+def test_a_listed_subdirectory_opens_without_searching_the_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Directories seen in their parent's listing keep their node and parent: a walk opening
+    them next makes no search of the index, and their listings (``..`` included) are the same
+    as on a file system that found them by searching."""
+    with _archive(_tree_entries()) as archive:
+        fs = ArchiveFS(archive, SourceInfo("x"))
+        fresh = ArchiveFS(archive, SourceInfo("x"))
+        top = _lookup(fs, "top")
+        subdirs = {
+            name: attr.ino
+            for name, attr in _listing(fs, top).items()
+            if stat.S_ISDIR(attr.mode) and name not in (b".", b"..")
+        }
+        assert len(subdirs) > 10
+        want = {name: _listing(fresh, ino) for name, ino in subdirs.items()}
+
+        def no_search(*args: object) -> None:
+            raise AssertionError("the index was searched")
+
+        monkeypatch.setattr(type(archive.index), "first_below", no_search)
+        monkeypatch.setattr(type(archive.index), "path_at", no_search)
+        for name, ino in subdirs.items():
+            assert _listing(fs, ino) == want[name]
+
+
 # ---------------------------------------------------------------------------- pyfuse3 form
 
 
