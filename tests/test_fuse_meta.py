@@ -25,6 +25,7 @@ from blobfs.fuse import SourceInfo
 from blobfs.fuse import _entries as entries
 from blobfs.fuse import _fs as fs_module
 from blobfs.fuse import _ops as ops_module
+from blobfs.fuse import _records as records_module
 from blobfs.fuse._fs import DIR_MODE, SIZE_MAX, ArchiveFS, Attr
 from blobfs.fuse._inodes import ROOT_INO
 from blobfs.fuse._ops import TIMEOUT, Operations, entry_attributes
@@ -213,11 +214,12 @@ def _listing(fs: ArchiveFS, ino: int) -> dict[bytes, Attr]:
 def test_listing_attributes_equal_single_node_attributes(
     monkeypatch: pytest.MonkeyPatch, few: int, uid: int | None, gid: int | None, umask: int | None
 ) -> None:
-    """The bulk paths (``_fill``, pages of 7 here, made with numpy or row by row) and the
-    single-node path (``getattr`` of an inode nobody listed) agree on every field, with and
-    without the owner/umask options."""
+    """The bulk paths (pages of 7 here, made with numpy or row by row, runs of files from
+    blocks of 6) and the single-node path (``getattr`` of an inode nobody listed) agree on
+    every field, with and without the owner/umask options."""
     monkeypatch.setattr(fs_module, "READDIR_PAGE", 7)
-    monkeypatch.setattr(fs_module, "_FEW", few)
+    monkeypatch.setattr(records_module, "_FEW", few)
+    monkeypatch.setattr(records_module, "FILE_BLOCK", 6)  # runs of files across blocks
     entries = _tree_entries()
     by_path = {e.path: e for e in entries}
     with _archive(entries) as archive:
@@ -277,7 +279,7 @@ def test_a_size_past_off_t_shows_as_the_largest_off_t(
 ) -> None:
     """``st_size`` is signed: a zstd entry may claim up to 2**64 - 1 bytes (a hostile index);
     stat shows 2**63 - 1 (no overflow in the listing, the adapter or the kernel)."""
-    monkeypatch.setattr(fs_module, "_FEW", few)
+    monkeypatch.setattr(records_module, "_FEW", few)
     entries = [_entry(n, 0, original_size=HUGE, compression=Compression.ZSTD) for n in "ab"]
     with _archive(entries) as archive:
         fs = ArchiveFS(archive, SourceInfo("x"))
@@ -395,7 +397,7 @@ def test_records_are_the_struct_pyfuse3_fills(attr: Attr) -> None:
         np.array([attr.size] * 2, dtype=np.uint64),
         np.array([attr.blocks] * 2, dtype=np.uint64),
         np.array([attr.mtime_ns] * 2, dtype=np.int64),
-    )
+    ).tobytes()
     assert columns == record + entries.pack(attr._replace(ino=attr.ino + 1))
 
 

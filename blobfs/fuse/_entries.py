@@ -123,6 +123,9 @@ ENTRY_DTYPE: Final = np.dtype(
 _ROW: Final = struct.Struct("<QQQQQIII4xQqqqqqqqqq24xdd")
 assert _ROW.size == ENTRY_SIZE
 
+_RAW: Final = np.dtype(f"V{ENTRY_SIZE}")
+"""A record as opaque bytes."""
+
 _WORDS: Final = ENTRY_SIZE // 8
 """A record as 64-bit words: the node id is word 0."""
 
@@ -170,10 +173,10 @@ def pack_columns(
     size: npt.ArrayLike,
     blocks: npt.ArrayLike,
     mtime_ns: npt.NDArray[np.int64],
-) -> bytes:
-    """The records of a page of children, from columns of equal length (a scalar stands for a
-    whole column): what :func:`pack` makes of each row, a few array operations per page
-    (about 10 µs for 100 children)."""
+) -> npt.NDArray[np.void]:
+    """The records of consecutive children, from columns of equal length (a scalar stands for
+    a whole column): what :func:`pack` makes of each row, a few array operations for all
+    (about 10 µs for 100 children); ``.tobytes()`` gives the records."""
     rec = _blank(_TEMPLATE, len(mtime_ns))
     rec["nodeid"] = inos
     rec["ino"] = inos
@@ -187,7 +190,7 @@ def pack_columns(
     for field in ("atime", "mtime", "ctime"):
         rec[field] = sec
         rec[field + "_ns"] = ns
-    return rec.tobytes()
+    return rec
 
 
 def bare_records(records: bytes, dirs: list[bool]) -> bytes:
@@ -198,8 +201,10 @@ def bare_records(records: bytes, dirs: list[bool]) -> bytes:
 
 
 def _blank(template: bytes, n: int) -> npt.NDArray[np.void]:
-    """``n`` copies of a record, writable."""
-    return np.frombuffer(bytearray(template * n), dtype=ENTRY_DTYPE)
+    """``n`` copies of a record, writable (copied as raw bytes: a structured copy would leave
+    the bytes between fields, padding and reserved words, undefined)."""
+    raw = np.frombuffer(template, dtype=_RAW).repeat(n)
+    return raw.view(ENTRY_DTYPE)
 
 
 _TEMPLATE: Final = pack(Attr(0, 0, 0, 0, 0, 0, 0, 0))

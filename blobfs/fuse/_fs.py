@@ -28,24 +28,13 @@ import stat
 from collections.abc import Iterator
 from typing import Final, NamedTuple
 
-import numpy as np
-
 from ..core import Archive, FileSource
-from ._entries import (
-    BARE_FILE,
-    BLOCK_SIZE,
-    ENTRY_SIZE,
-    Attr,
-    Page,
-    bare_records,
-    pack,
-    pack_columns,
-    unpack,
-)
+from ._entries import BLOCK_SIZE, ENTRY_SIZE, Attr, Page, pack, unpack
 from ._errno import FsError, errno_for
 from ._inodes import ROOT_INO, Listing, Node, NodeMap
 from ._lru import Lru
 from ._readers import Readers
+from ._records import SIZE_MAX, PageMaker
 from ._stats import MountStats, SourceInfo
 
 __all__ = [
@@ -66,10 +55,6 @@ logger = logging.getLogger("blobfs.fuse")
 
 DIR_MODE: Final = 0o555
 """Synthesized directories: everyone may list and traverse, nobody may write (read-only)."""
-
-SIZE_MAX: Final = (1 << 63) - 1
-"""Largest size ``stat`` can show (``st_size`` is a signed 64-bit ``off_t``): an index may
-claim more for a zstd entry (a hostile one), which then shows this."""
 
 MAX_READ: Final = 16 << 20
 """Most bytes one read returns. The kernel never asks for more than its max_read (1 MiB at
@@ -95,10 +80,6 @@ BARE_MAX: Final = 1024
 (:meth:`ArchiveFS.readdir_pages`):
 a program that then stats them all looks up at most this many before listings carry attributes
 again. A bigger directory is always listed with them."""
-
-_FEW: Final = 16
-"""Pages up to this many children are made one by one (about 1 us each), bigger ones with numpy
-(some 20 us a page, then a fraction of a microsecond a child)."""
 
 XATTR_DIGEST: Final = b"user.blobfs.digest"
 XATTR_SOURCE: Final = b"user.blobfs.source"
@@ -160,6 +141,15 @@ class ArchiveFS:
         self._gid = gid
         self._keep = 0o777 & ~(umask or 0)
         self._dir_mode = stat.S_IFDIR | (DIR_MODE & self._keep)
+        self._pages = PageMaker(
+            archive.index,
+            self._nodes,
+            self._row_attr,
+            uid=uid,
+            gid=gid,
+            keep=self._keep,
+            dir_mode=self._dir_mode,
+        )
         self._attrs: Lru[int, Attr] = Lru(ATTR_CACHE)
         self._listings: Lru[int, Listing] = Lru(LISTING_CACHE_NAMES)
         self._dirs: Lru[int, tuple[Node, int]] = Lru(DIR_NODES)
@@ -297,74 +287,8 @@ class ArchiveFS:
         while k < n:
             p = k // page
             hi = min(n, p * page + page)
-            yield self._page(listing, p, bare, k, hi)
+            yield self._pages.page(listing, p, bare, k, hi)
             k = hi
-
-    def _page(self, listing: Listing, p: int, bare: bool, k: int, hi: int) -> Page:
-        """Children ``k .. hi-1`` of ``listing``, in page ``p``; its files bare if ``bare``."""
-        names, positions = listing.names[k:hi], listing.positions
-        lo = p * listing.page
-        end = min(len(listing), lo + listing.page)
-        if bare and not listing.subdirs and positions[end - 1] - positions[lo] == end - 1 - lo:
-            # Files only, a run of positions (the usual leaf): no attributes needed at all.
-            return Page(names, BARE_FILE, 0, k + 2, self._nodes.file_ino(positions[k]))
-        records = listing.records[p]
-        if records is None:
-            records = listing.records[p] = self._fill(listing, p)
-        if bare and listing.subdirs < len(listing):
-            records = bare_records(records, listing.dirs[lo:end])
-        return Page(names, records, (k - lo) * ENTRY_SIZE, k + 2, 0)
-
-    def _fill(self, listing: Listing, p: int) -> bytes:
-        """The records of page ``p`` of ``listing``, made together from the index's attribute
-        columns (numpy: a few array operations per page instead of a decode per file). The
-        same values as :meth:`_node_attr`."""
-        index = self.archive.index
-        k = p * listing.page
-        hi = min(len(listing), k + listing.page)
-        n = hi - k
-        positions = listing.positions[k:hi]
-        if n <= _FEW:
-            row, prefix = self._row_attr, listing.prefix
-            rows = zip(
-                listing.inos(k, hi), positions, listing.dirs[k:hi], listing.names[k:hi], strict=True
-            )
-            made = (row(i, q, d, prefix + name if d else b"") for i, q, d, name in rows)
-            return b"".join(map(pack, made))
-        first = positions[0]
-        if not listing.subdirs and positions[-1] - first == n - 1:
-            # A run of files (a directory without subdirectories, the usual leaf): views of the
-            # columns and a range of inode numbers, no index arrays.
-            cols = index.attributes_range(first, first + n)
-            base = self._nodes.file_ino(first)
-            inos: np.ndarray | list[int] = np.arange(base, base + n, dtype=np.uint64)
-        else:
-            cols = index.attributes(positions)
-            inos = listing.inos(k, hi)
-        mode = stat.S_IFREG | (cols.mode & self._keep)
-        size = np.minimum(cols.size, np.uint64(SIZE_MAX))
-        nlink: np.ndarray | int = 1
-        if listing.subdirs:
-            dirs = listing.dirs[k:hi]
-            isdir = np.asarray(dirs, dtype=bool)
-            mode = np.where(isdir, self._dir_mode, mode)
-            size = np.where(isdir, np.uint64(0), size)
-            sub, prefix = index.subdir_count, listing.prefix
-            names = listing.names[k:hi]
-            nlink = np.array(
-                [2 + sub(prefix + n) if d else 1 for n, d in zip(names, dirs, strict=True)],
-                dtype=np.uint64,
-            )
-        return pack_columns(
-            inos,
-            mode,
-            nlink,
-            cols.uid if self._uid is None else self._uid,
-            cols.gid if self._gid is None else self._gid,
-            size,
-            (size + np.uint64(511)) >> np.uint64(9),
-            cols.mtime_ns,
-        )
 
     def releasedir(self, fh: int) -> None:
         self._handles.pop(fh, None)
