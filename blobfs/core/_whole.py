@@ -11,10 +11,11 @@ looks a file up by its hash finds it), committed once the last chunk is in. Read
 whole-file entry verify each chunk they take from it against the chunk table
 (:meth:`~blobfs.core._content.ContentCache.get_chunks`), so nothing unverified is served.
 
-Nothing is lost when the reader stops early, seeks away or skips a chunk: the stream is
-abandoned, and the chunks it had written are read back from its temp file and stored as
+Nothing the reader read is lost when it stops early, seeks away or skips a chunk: the stream
+is abandoned, and the chunks it had written are read back from its temp file and stored as
 chunk entries, as they would have been without it; the chunks after that are stored one by
-one. The appends, the commit and the read-back all run in the content cache's writer thread
+one. (Chunks a streaming window loaded ahead but the reader never took are not stored: its
+groups leave storing to the stream.) The appends, the commit and the read-back all run in the content cache's writer thread
 (write-behind), so a reader never waits for the disk.
 
 Concurrency: :meth:`WholeFileStream.feed` and :meth:`WholeFileStream.abandon` are called by
