@@ -4,6 +4,12 @@ The parser is built for the subcommand on the command line only (``blobfs mount`
 import the trust, registry-command or progress modules); these tests check that this is
 invisible: every subcommand parses and helps exactly as in the whole parser, the tables that
 name the subcommands agree with the parser, and help or unknown words still get the whole one.
+
+The rest checks what each path loads at all, in fresh interpreters: ``--version``, ``--help``
+and ``umount`` no numpy, httpx, trio or cryptography; a mount no asyncio or archive-creation
+code, and a local one no httpx; the lazy package facades still give every public name. And the
+mount's start-up tricks keep their promises: the GC comes back on, the content cache opened in
+a thread still fails the mount when it cannot be opened.
 """
 
 from __future__ import annotations
