@@ -27,13 +27,12 @@ import argparse
 import math
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import InvalidReference
-from ..registry import DEFAULT_REF_TTL, Reference, parse_mirrors
+from ..registry import DEFAULT_REF_TTL, Reference
 from ._output import CliError, Output
 
 if TYPE_CHECKING:
@@ -159,6 +158,10 @@ def load_config(explicit: str | None = None) -> Config:
 
 
 def _parse_config(path: Path, text: str) -> Config:
+    import tomllib  # only with a configuration file
+
+    from ..registry import parse_mirrors
+
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
