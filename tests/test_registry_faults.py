@@ -846,3 +846,36 @@ async def test_failover_source_async_reads(range_server: RangeServer) -> None:
         assert await src.aread_at(100, 1000) == data[100:1100]
         assert second.stats.requests_for("blob") == 1
         await src.aclose()
+
+
+def test_a_mirror_serving_wrong_bytes_is_passed_over(
+    tmp_path: Path, tree: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bytes from a mirror failing verification make the read ask the next candidate (the
+    mirror is marked down, as after a failure); wrong bytes from the last candidate are the
+    read's IntegrityError. Nothing wrong is ever returned."""
+    from blobfs.core import Archive
+    from blobfs.errors import IntegrityError
+
+    out = tmp_path / "archive"
+    create_blob(tree, out).close()
+    index = (out / "index.blob").read_bytes()
+    data = (out / "data.blob").read_bytes()
+    with serve_blobs({"blob": data}) as liar, serve_blobs({"blob": data}) as honest:
+        liar.faults.add("blob", ServerFault("flip_byte", at=7), times=None)
+        src = FailoverSource(
+            [_source(liar.url("blob"), len(data)), _source(honest.url("blob"), len(data))]
+        )
+        caplog.set_level(logging.WARNING, logger="blobfs")
+        with src, Archive(index, src) as archive:
+            for name, content in FILES.items():
+                assert archive.read_file(name) == content
+            assert "served bytes that failed verification" in caplog.text
+            assert src.url == honest.url("blob")  # marked down for the pause
+            liar_requests = liar.stats.requests_for("blob")
+            assert liar_requests >= 1
+            assert archive.read_file("a.txt") == FILES["a.txt"]
+            assert liar.stats.requests_for("blob") == liar_requests
+        only = FailoverSource([_source(liar.url("blob"), len(data))])
+        with only, Archive(index, only) as archive, pytest.raises(IntegrityError):
+            archive.read_file("a.txt")

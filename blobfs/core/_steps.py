@@ -75,10 +75,10 @@ logger = logging.getLogger(__name__)
 
 
 def _drop_cached_payload(source: ByteSource, entry: Entry) -> bool:
-    """Drop the block-cache copies of ``entry``'s payload; True when there were any.
-
-    Only a caching source (``CachedSource.invalidate``) holds copies; for any other source an
-    integrity failure is the origin's answer and reading again would not help.
+    """Tell ``source`` that ``entry``'s payload failed verification; True when reading again
+    may give other bytes: a caching source (``CachedSource.invalidate``) dropped its copies, or
+    a failover source (``FailoverSource.invalidate``) moved on to its next candidate. For any
+    other source the answer is the origin's and reading again would not help.
     """
     invalidate = getattr(source, "invalidate", None)
     if invalidate is None:
@@ -103,7 +103,7 @@ def refetch_once(source: ByteSource, entry: Entry, make: Callable[[], Steps[T]])
     except IntegrityError as e:
         if not _drop_cached_payload(source, entry):
             raise
-        logger.warning("%s; dropped the cached blocks, reading from the origin again", e)
+        logger.warning("%s; reading it again from the source", e)
     try:
         return (yield from make())
     except IntegrityError:

@@ -15,8 +15,8 @@ Nothing the reader read is lost when it stops early, seeks away or skips a chunk
 is abandoned, and the chunks it had written are read back from its temp file and stored as
 chunk entries, as they would have been without it; the chunks after that are stored one by
 one. (Chunks a streaming window loaded ahead but the reader never took are not stored: its
-groups leave storing to the stream.) The appends, the commit and the read-back all run in the content cache's writer thread
-(write-behind), so a reader never waits for the disk.
+groups leave storing to the stream.) The appends, the commit and the read-back all run in the
+content cache's writer thread (write-behind), so a reader never waits for the disk.
 
 Concurrency: :meth:`WholeFileStream.feed` and :meth:`WholeFileStream.abandon` are called by
 the one file object owning the stream (its reads are serialised); :meth:`WholeFileStream.run`

@@ -67,6 +67,11 @@ class CountingSource:
             self._requests += 1
             self._bytes += n
 
+    def invalidate(self, offset: int, length: int) -> bool:
+        """The wrapped source's ``invalidate`` (a failover source moves on), False without."""
+        invalidate = getattr(self.source, "invalidate", None)
+        return bool(invalidate(offset, length)) if invalidate is not None else False
+
     def read_at(self, offset: int, length: int) -> bytes:
         data = self.source.read_at(offset, length)
         self._count(len(data))

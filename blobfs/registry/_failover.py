@@ -107,6 +107,28 @@ class FailoverSource(Closing, AsyncClosing):
             RETRY_AFTER,
         )
 
+    def invalidate(self, offset: int, length: int) -> bool:
+        """The reader found bytes of ``[offset, offset + length)`` failing verification: the
+        candidate reads go to now is marked down (as after a failure), so reading again asks
+        the next one (a mirror serving wrong bytes is passed over, not trusted twice). False
+        when that candidate is the last (the registry itself): there is nobody else to ask."""
+        i = self._pick(0)
+        if i == len(self._sources) - 1:
+            return False
+        with self._lock:
+            self._down_until[i] = self._clock() + RETRY_AFTER
+        log.warning(
+            "data blob %s: %s served bytes that failed verification (range %d+%d); reading from "
+            "%s for the next %g s",
+            self.source_id,
+            self._sources[i].url,
+            offset,
+            length,
+            self._sources[self._pick(i + 1)].url,
+            RETRY_AFTER,
+        )
+        return True
+
     def _first(self, read: Callable[[HttpSource], T]) -> T:
         """``read(candidate)`` on the first candidate that answers (see the class docstring)."""
         i = self._pick(0)

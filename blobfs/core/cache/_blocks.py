@@ -319,14 +319,19 @@ class CachedSource(Closing):
 
         For the reader: bytes that failed its SHA-256 check may have come from a damaged block
         that passed the block's CRC (a 2^-32 chance per damage); invalidating before the retry
-        means the retry really goes to the source.
+        means the retry really goes to the source. The source is told too when it can be (a
+        failover source then reads from its next candidate); that counts as one more.
         """
         check_range(offset, length, self._size, self._name)
         if length == 0:
             return 0
         first = offset // self._block_size
         last = (offset + length - 1) // self._block_size
-        return sum(self._store.drop(self.block_key(i)) for i in range(first, last + 1))
+        dropped = sum(self._store.drop(self.block_key(i)) for i in range(first, last + 1))
+        inner = getattr(self._source, "invalidate", None)
+        if inner is not None and inner(offset, length):
+            dropped += 1
+        return dropped
 
     def close(self) -> None:
         self._source.close()
