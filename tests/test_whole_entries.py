@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from blobfs.core import Archive, BytesSource, Index
+from blobfs.core import Archive, BytesSource, Compression, Index
 from blobfs.core._content import ContentCache
 from blobfs.core.cache.disk import DiskCache
 from tests.test_archive_cache import Built, build, incompressible
@@ -21,12 +21,14 @@ MiB = 1 << 20
 CHUNKS = 12
 
 
-@pytest.fixture(scope="module")
-def big(tmp_path_factory: pytest.TempPathFactory) -> Built:
+@pytest.fixture(scope="module", params=[Compression.ZSTD, Compression.NONE])
+def big(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Built:
+    """Chunks decoded into their own buffers (zstd) or views of a group's buffer (raw)."""
     return build(
         tmp_path_factory.mktemp("whole"),
         {"big.bin": incompressible(CHUNKS * MiB + 12345, 7), "small.txt": b"tiny\n"},
         chunk_size=MiB,
+        compression=request.param,
     )
 
 
