@@ -66,8 +66,10 @@ __all__ = [
     "usage_error",
 ]
 
-CONTENT_CACHE_BYTES = 1 << 30
-"""Content cache bound: 1 GiB of verified files and chunks, the working set of a few datasets."""
+CONTENT_CACHE_BYTES = 4 << 30
+"""Content cache bound: 4 GiB of verified files and chunks (CernVM-FS's default quota is
+4,000 MB): the working set of a few datasets, a 1.8 GB tree read whole without evicting, and a
+file up to 2 GiB kept as one entry when read front to back (see core/_whole.py)."""
 
 MAX_INDEX_BYTES = 1 << 31
 """FlatBuffers offsets are 32-bit: no valid index is larger, so a bigger one is refused unread."""

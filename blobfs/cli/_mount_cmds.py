@@ -50,7 +50,7 @@ STATS_XATTR = "user.blobfs.stats"
 MOUNT_HELP = """\
 mount options (-o, comma-separated, repeatable):
   cache_dir=DIR     cache root for remote archives (default: as --cache-dir)
-  cache_size=SIZE   bound of the content cache (default 1G), e.g. 10G
+  cache_size=SIZE   bound of the content cache (default 4G), e.g. 10G
   uid=N|USER        show every file as owned by this user (default: as archived)
   gid=N|GROUP       ... and this group
   umask=OCTAL       clear these permission bits, e.g. 022 or 077
