@@ -168,3 +168,23 @@ def test_without_write_behind_or_a_piecewise_cache_nothing_changes(big: Built) -
     assert entry.hash not in cache.data
     assert entry.chunk_hash(0) in cache.data
     assert ContentCache(cache).stream_whole(entry) is None
+
+
+def test_a_whole_file_entry_stored_meanwhile_is_not_written_again(
+    tmp_path: Path, big: Built
+) -> None:
+    """Another mount (or reader) stores the whole file between this stream's start and its
+    first chunk: the stream writes nothing, and no chunk entries either."""
+    content = big.contents["big.bin"]
+    entry = Index(big.index).entry("big.bin")
+    with DiskCache(tmp_path / "c") as disk:
+        cache = ContentCache(disk)
+        cache.write_behind()
+        stream = cache.stream_whole(entry)
+        assert stream is not None
+        disk.put_bytes(entry.hash, content)
+        for k in range(entry.num_chunks):
+            lo, hi = entry.chunk_bounds(k)
+            stream.feed(k, content[lo:hi])
+        cache.stop_write_behind()
+        assert entries(disk) == {entry.hash.hex(): len(content)}

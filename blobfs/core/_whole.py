@@ -39,6 +39,12 @@ __all__ = ["StreamOp", "WholeFileStream"]
 logger = logging.getLogger(__name__)
 
 
+_BROKEN = -1
+"""``_stored`` once the temp file is gone (spilled): later chunks are stored one by one."""
+_EXISTS = -2
+"""``_stored`` when the whole-file entry turned out to exist: later chunks are dropped."""
+
+
 class StreamOp(enum.Enum):
     APPEND = "append"
     COMMIT = "commit"
@@ -92,6 +98,9 @@ class WholeFileStream:
                 self._open = False
                 self._content.queue_stream_op(self, StreamOp.COMMIT)
             return
+        if self._open:
+            why = "the write queue is full" if k == self._next else f"chunk {self._next} skipped"
+            logger.debug("%s: whole-file entry abandoned at chunk %d (%s)", self.entry.path, k, why)
         self.abandon()
         self._content.put_bytes(self.entry.chunk_hash(k), data)
 
@@ -123,14 +132,19 @@ class WholeFileStream:
                 self._spill(writer)
 
     def _append(self, data: bytes | memoryview, k: int) -> None:
+        if self._stored == _EXISTS:
+            return
         if self._stored != k:  # an earlier append failed: this one is stored on its own
             self._content.store_now(self.entry.chunk_hash(k), data)
             return
         writer = self._writer
         if writer is None and k == 0:
             writer = self._writer = self._content.open_writer(self.entry.hash)
-        if writer is None:
-            # No entry could be started (it exists already, or the disk failed: logged).
+            if writer is None and self._content.has(self.entry.hash):
+                # Stored meanwhile (another mount, another reader): nothing more to write.
+                self._stored = _EXISTS
+                return
+        if writer is None:  # no entry could be started (the disk failed: logged)
             self._content.store_now(self.entry.chunk_hash(k), data)
             return
         if writer.write(data):
@@ -152,5 +166,5 @@ class WholeFileStream:
                     continue
                 self._content.store_now(entry.chunk_hash(j), data)
         finally:
-            self._stored = -1  # nothing more goes to this stream's entry
+            self._stored = _BROKEN
             writer.discard()
