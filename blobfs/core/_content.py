@@ -35,6 +35,7 @@ import io
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, BinaryIO, Final, cast
@@ -82,7 +83,11 @@ def _pinned(data: bytes | memoryview) -> tuple[int, int]:
 
 
 _NO_WHOLE_MAX: Final = 4096
-"""Files remembered as having no whole-file entry (so each is probed once, not per group)."""
+"""Files remembered as having no whole-file entry (so each is not probed for every group)."""
+
+_NO_WHOLE_SECONDS: Final = 5.0
+"""How long a file is remembered so: another process (a mount before this one, still writing
+its cache at exit) may store the entry meanwhile."""
 
 
 class _Op:
@@ -173,7 +178,8 @@ class ContentCache:
         self._max_pending = 0  # 0: put_bytes stores in the calling thread
         self._writer: threading.Thread | None = None
         self._writing = False  # the writer thread runs (it drains the queue before it ends)
-        self._no_whole: set[bytes] = set()  # files seen without a whole-file entry
+        # files seen without a whole-file entry -> when that was seen (time.monotonic())
+        self._no_whole: dict[bytes, float] = {}
         self.dropped = 0  # puts not stored because the write-behind queue was full
 
     @classmethod
@@ -424,14 +430,11 @@ class ContentCache:
         without a usable one (the caller looks the chunks up one by one). A chunk failing its
         hash is None and the whole entry is deleted; a wrong-sized entry is deleted unread."""
         digest = entry.hash
-        if entry.num_chunks < 2 or digest in self._no_whole:
+        if entry.num_chunks < 2 or self._known_without_whole(digest):
             return None
         f = self._open(digest)
         if f is None:
-            with self._cond:
-                if len(self._no_whole) >= _NO_WHOLE_MAX:
-                    self._no_whole.clear()
-                self._no_whole.add(digest)
+            self._note_no_whole(digest)
             return None
         lo, _ = entry.chunk_bounds(first)
         _, hi = entry.chunk_bounds(end - 1)
@@ -487,15 +490,26 @@ class ContentCache:
             or getattr(self._cache, "open_writer", None) is None
         ):
             return None
-        if entry.hash not in self._no_whole:
+        if not self._known_without_whole(entry.hash):
             f = self._open(entry.hash)
             if f is not None:
                 with contextlib.suppress(Exception):
                     f.close()
                 return None
-            with self._cond:
-                self._no_whole.add(entry.hash)
+            self._note_no_whole(entry.hash)
         return WholeFileStream(self, entry)
+
+    def _known_without_whole(self, digest: bytes) -> bool:
+        """Whether ``digest`` was looked up without a whole-file entry in the last
+        :data:`_NO_WHOLE_SECONDS` (so it is not probed for every readahead group)."""
+        seen = self._no_whole.get(digest)
+        return seen is not None and time.monotonic() - seen < _NO_WHOLE_SECONDS
+
+    def _note_no_whole(self, digest: bytes) -> None:
+        with self._cond:
+            if len(self._no_whole) >= _NO_WHOLE_MAX:
+                self._no_whole.clear()
+            self._no_whole[digest] = time.monotonic()
 
     def open_writer(self, digest: bytes) -> _EntryWriter | None:
         """The wrapped cache's writer for an entry written in pieces (None on failure, logged)."""
@@ -511,7 +525,7 @@ class ContentCache:
     def found_whole(self, digest: bytes) -> None:
         """A whole-file entry for ``digest`` was stored: look it up again."""
         with self._cond:
-            self._no_whole.discard(digest)
+            self._no_whole.pop(digest, None)
 
     # ------------------------------------------------------------------ best-effort writes
 
