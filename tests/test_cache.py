@@ -9,6 +9,7 @@ on disk, eviction, single-flight, error propagation and the async twins.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import io
 import logging
@@ -281,6 +282,64 @@ def test_concurrent_puts_of_one_key_from_threads(tmp_path: Path, make: ContentCa
 
 # --------------------------------------------------------------------------------------------
 # DiskCache specifics
+
+
+def _temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob(".tmp-*")]
+
+
+@pytest.mark.parametrize("how", ["unnamed inode", "no O_TMPFILE", "no /proc link"])
+def test_put_bytes_stores_atomically_counts_once_and_leaves_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """``put_bytes`` (what the mount stores) links an unnamed O_TMPFILE inode into place, or,
+    where the file system or /proc cannot, a temp file: the same result either way."""
+    import blobfs.core.cache._store as store
+
+    real_open = os.open
+    opened_tmpfile: list[int] = []
+
+    def fake_open(path: str, flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            opened_tmpfile.append(flags)
+            if how == "no O_TMPFILE":
+                raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_open(path, flags, mode)
+
+    def no_proc(fd: int, final: str) -> None:
+        raise store._NoProcLink
+
+    monkeypatch.setattr(os, "open", fake_open)
+    if how == "no /proc link":
+        monkeypatch.setattr(store, "_link_fd", no_proc)
+    c = DiskCache(tmp_path / "c", max_bytes=1 << 20)
+    items = [blob(1000 + i, i) for i in range(5)]
+    c.put_bytes(sha(items[0]), items[0])  # alone: a failing way is given up at once
+    tried_first = len(opened_tmpfile)
+    assert tried_first >= 1
+    barrier = threading.Barrier(4)
+
+    def put_all() -> None:
+        barrier.wait()
+        for data in items:
+            c.put_bytes(sha(data), data)
+
+    threads = [threading.Thread(target=put_all) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for data in items:
+        assert read_all(c, sha(data)) == data
+    assert c.size_bytes() == sum(len(d) for d in items)  # each counted once, racers or not
+    assert _temp_files(tmp_path / "c") == []
+    if how == "unnamed inode":
+        assert len(opened_tmpfile) >= tried_first + len(items) - 1  # every other key too
+    else:
+        assert len(opened_tmpfile) == tried_first  # never tried again
+    c.put_bytes(sha(b"x" * (2 << 20)), b"x" * (2 << 20))  # over max_bytes: not stored
+    assert c.get(sha(b"x" * (2 << 20))) is None
+    c.close()
 
 
 def test_disk_cache_layout_is_gos(tmp_path: Path) -> None:

@@ -7,7 +7,11 @@ Layout (Go's): ``<dir>/<first shard_len hex digits>/<64 hex digits>``, one file 
   final name and unlink the temp. A reader therefore never sees a partial file, and when several
   threads or processes insert the same key at once exactly one link succeeds (the others get
   ``EEXIST`` and drop their copy), so exactly one of them counts the bytes. (``os.replace``
-  would also be atomic, but every racer would count its bytes.)
+  would also be atomic, but every racer would count its bytes.) Content already in memory
+  (:meth:`FileStore.write`) goes into an unnamed ``O_TMPFILE`` inode linked into place through
+  ``/proc/self/fd``: one directory change per insert instead of three (the temp's name, the
+  link, the unlink); measured 290 against 313 µs per 100 KB entry, most of either being the
+  copy into the page cache. Where the file system or ``/proc`` cannot, the temp file is used.
 - **LRU order = file mtime**, refreshed on every hit (``os.utime``: about 6 µs, and at most once a
   second per entry). It needs no database write and is visible to every process; Go's own prune
   (oldest mtime first) becomes LRU too on a directory both share. Go never touches on a hit,
@@ -58,6 +62,28 @@ logger = logging.getLogger("blobfs.core.cache")
 
 LEDGER_DIRNAME: Final = ".blobfs-ledger"
 """The bookkeeping database, inside the cache directory (a name no entry or shard can take)."""
+
+_NO_TMPFILE: Final = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOSYS})
+"""``open(dir, O_TMPFILE)`` errors meaning the file system (or kernel) has no unnamed files."""
+
+
+class _NoProcLink(Exception):
+    """``/proc/self/fd`` cannot link an unnamed file into place (no ``/proc`` mounted)."""
+
+
+def _link_fd(fd: int, final: str) -> None:
+    """Give the unnamed file open as ``fd`` the name ``final`` (``EEXIST`` when it is taken)."""
+    try:
+        # A dir fd makes CPython call linkat(..., AT_SYMLINK_FOLLOW): plain link() would link
+        # the /proc symlink itself (EXDEV). The path is absolute, so the fd is not used as one.
+        os.link(f"/proc/self/fd/{fd}", final, src_dir_fd=fd, follow_symlinks=True)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.EXDEV, errno.EPERM, errno.ENOTDIR):
+            raise _NoProcLink from e
+        raise
+
 
 TEMP_PREFIX: Final = ".tmp-"
 """Files being written; never entries (entries are 64 hex digits)."""
@@ -263,6 +289,7 @@ class FileStore:
         # "check the total, then add" is atomic, so threads cannot overshoot max_bytes together.
         # Linking takes ~10 µs, so puts barely queue; they do wait for a prune walk.
         self._commit_lock = threading.Lock()
+        self._tmpfile = hasattr(os, "O_TMPFILE")  # unnamed inodes until one fails (write())
         self._last_warning_ns: int | None = None
         # Small caches flush sooner, so other processes' view stays within 1/16 of the bound.
         flush = min(FLUSH_BYTES, max(1, max_bytes // 16)) if max_bytes else FLUSH_BYTES
@@ -309,8 +336,13 @@ class FileStore:
             return None
 
     def write(self, hexkey: str, *buffers: bytes | memoryview) -> bool:
-        """Store the entry ``hexkey`` made of ``buffers`` (temp file, then :meth:`commit`);
-        True if this call stored it. Write errors are logged, never raised."""
+        """Store the entry ``hexkey`` made of ``buffers`` (an unnamed ``O_TMPFILE`` inode, or a
+        temp file, then linked into place as :meth:`commit` does); True if this call stored it.
+        Write errors are logged, never raised."""
+        if self._tmpfile:
+            stored = self._write_unnamed(hexkey, buffers)
+            if stored is not None:
+                return stored
         temp = self.new_temp(hexkey)
         if temp is None:
             return False
@@ -326,6 +358,39 @@ class FileStore:
             return False
         return self.commit(hexkey, tmp, sum(len(memoryview(b)) for b in buffers))
 
+    def _write_unnamed(self, hexkey: str, buffers: tuple[bytes | memoryview, ...]) -> bool | None:
+        """:meth:`write` through an ``O_TMPFILE`` inode; None (and never again in this store)
+        when the file system or ``/proc`` does not allow it, so the caller uses a temp file."""
+        size = sum(len(memoryview(b)) for b in buffers)
+        if self.max_bytes and size > self.max_bytes:
+            return False
+        final = self.path(hexkey)
+        shard = os.path.dirname(final)
+        flags = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
+        try:
+            try:
+                fd = os.open(shard, flags, 0o600)
+            except FileNotFoundError:
+                os.makedirs(shard, mode=0o700, exist_ok=True)
+                fd = os.open(shard, flags, 0o600)
+        except OSError as e:
+            if e.errno in _NO_TMPFILE:
+                self._tmpfile = False
+                return None
+            self.warn_io("cannot create a cache file in %s: %s", shard, e)
+            return False
+        try:
+            write_all(fd, *buffers)
+            return self._commit_locked_by(hexkey, size, lambda: _link_fd(fd, final))
+        except _NoProcLink:
+            self._tmpfile = False
+            return None
+        except OSError as e:
+            self.warn_io("cannot write cache file for %s: %s", final, e)
+            return False
+        finally:
+            os.close(fd)
+
     def discard(self, tmp: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -336,26 +401,39 @@ class FileStore:
         if self.max_bytes and size > self.max_bytes:
             self.discard(tmp)
             return False
+        final = self.path(hexkey)
+
+        def link() -> None:
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                raise
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+                    raise
+                os.replace(tmp, final)  # a file system without hard links: still atomic
+
         try:
-            with self._commit_lock:
-                if self.max_bytes:
-                    self._make_room_locked(size)
-                final = self.path(hexkey)
-                try:
-                    os.link(tmp, final)
-                except FileExistsError:
-                    return False  # another writer won the race: same key, same content
-                except OSError as e:
-                    if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
-                        raise
-                    os.replace(tmp, final)  # a file system without hard links: still atomic
-                self._ledger.add(size)
-                return True
+            return self._commit_locked_by(hexkey, size, link)
         except OSError as e:
             self.warn_io("cannot store cache entry %s: %s", hexkey, e)
             return False
         finally:
             self.discard(tmp)
+
+    def _commit_locked_by(self, hexkey: str, size: int, link: Callable[[], None]) -> bool:
+        """Make room (LRU), then ``link()`` the written content into place as entry ``hexkey``
+        and count its ``size``; False when another writer stored it first (same key, same
+        content). Errors of ``link`` propagate."""
+        with self._commit_lock:
+            if self.max_bytes:
+                self._make_room_locked(size)
+            try:
+                link()
+            except FileExistsError:
+                return False
+            self._ledger.add(size)
+            return True
 
     def delete(self, hexkey: str) -> int:
         """Remove the entry; the bytes freed (0 if it was absent or could not be removed)."""
