@@ -49,7 +49,7 @@ def test_one_bad_answer_is_dropped_and_refetched(
     srv.faults.add("data.blob", Fault("flip_byte", at=100), times=1)
     with _archive(srv, index, tmp_path / "blocks") as ar, caplog.at_level(logging.WARNING):
         assert ar.read_file("small.bin") == SMALL
-        assert "reading from the origin again" in caplog.text
+        assert "reading it again from the source" in caplog.text
         fetched = srv.stats.requests_for("data.blob")
         assert ar.read_file("small.bin") == SMALL  # now served by the (clean) block cache
         assert srv.stats.requests_for("data.blob") == fetched
