@@ -18,7 +18,7 @@ Each group is loaded by :func:`load_group` in a pool thread: content-cache looku
 reads overlapping), one fetch per run of missing chunks through the blocking ``source``,
 decoding and SHA-256 verification, cache stores. Each chunk has its own future, resolved as soon
 as that chunk is verified: with a source that reports progress (``read_into``, an HTTP source),
-chunk 0 of a 16 MiB range is handed to the reader while the rest of the range still arrives, so
+chunk 0 of a 12 MiB range is handed to the reader while the rest of the range still arrives, so
 large requests cost no waiting. zstd and hashlib release the GIL, so groups decode on all cores
 while the reader consumes earlier ones. The sync and the async file use this one mechanism: the
 read algorithm yields :class:`~blobfs.core._steps.Wait` for a chunk's future, which the sync
