@@ -267,6 +267,7 @@ def test_xattrs_and_status(tmp_path: Path, sample: tuple[Path, dict[str, bytes]]
         ).stdout
         assert f"reference:      {archive}" in out
         assert f"files:          {len(files)}" in out
+        assert "not cached:" in out
         doc = json.loads(
             subprocess.run(
                 [*BLOBFS, "status", os.fspath(m.path), "--output", "json"],
@@ -617,6 +618,7 @@ def test_cold_reads_fetch_only_what_they_need(
         stats = m.stats()
         assert (stats["bytes_fetched"], stats["fetch_requests"]) == (payload, 1)
         assert stats["cache_hits"] == 0
+        assert stats["cache_dropped"] == 0
     with mounted([ref], tmp_path / "mnt2", options=cache) as m:
         assert (m.path / "text/hello.txt").read_bytes() == files["text/hello.txt"]
         stats = m.stats()

@@ -401,6 +401,14 @@ def _duration(seconds: float) -> str:
     return " ".join([*parts, f"{s}s"])
 
 
+def _not_cached(dropped: object) -> str:
+    if not isinstance(dropped, int):
+        return "-"
+    if not dropped:
+        return "0"
+    return f"{dropped} files or chunks (the cache's disk was slower than the reads)"
+
+
 def cmd_status(args: argparse.Namespace, ctx: Ctx) -> int:
     doc = read_stats(args.mountpoint)
     out = ctx.out
@@ -424,6 +432,7 @@ def cmd_status(args: argparse.Namespace, ctx: Ctx) -> int:
             else f"{human_size(int(fetched))} in {doc.get('fetch_requests')} requests",
         ),
         ("cache hit rate", "-" if rate is None else f"{float(rate) * 100:.1f}%"),
+        ("not cached", _not_cached(doc.get("cache_dropped"))),
         ("errors", doc.get("errors")),
     ]
     out.lines(f"{k + ':':<16}{v}" for k, v in lines)

@@ -129,6 +129,13 @@ class Archive(Closing):
         """The content cache, or None."""
         return None if self._cache is None else self._cache.cache
 
+    @property
+    def cache_dropped(self) -> int | None:
+        """Verified content the cache did not store because the write-behind queue was full
+        (:meth:`write_cache_behind`: the cache's disk was slower than the reads); None without
+        a content cache."""
+        return None if self._cache is None else self._cache.dropped
+
     def own(self, resource: SupportsClose) -> None:
         """Close ``resource`` (a source, a cache, a client) when the archive closes, the last
         owned first. Whoever builds an archive over resources it opened hands them over here."""

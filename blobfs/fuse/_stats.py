@@ -61,7 +61,8 @@ class MountStats:
         origin (from the archive's counting source or block cache; null when neither counts,
         as for a local archive). ``cache_hits``/``cache_misses``/``cache_hit_rate``: lookups
         of the content cache when it counts them (mounted registry archives), else of the
-        block cache; null without either.
+        block cache; null without either. ``cache_dropped``: verified content not stored
+        because the cache's disk lagged behind the reads (null without a content cache).
         """
         index = archive.index
         fetch = getattr(archive.source, "stats", None)
@@ -92,4 +93,5 @@ class MountStats:
             "cache_hits": hits,
             "cache_misses": misses,
             "cache_hit_rate": rate,
+            "cache_dropped": archive.cache_dropped,
         }
