@@ -715,3 +715,42 @@ def test_trust_policy_is_checked_before_anything_is_served(
     assert not is_mounted(mnt)
     with mounted([ref], mnt, options=[f"policy={allow}"]) as m:
         assert (m.path / "text/hello.txt").read_bytes() == files["text/hello.txt"]
+
+
+def test_log_file_keeps_a_detached_daemons_log(
+    tmp_path: Path, sample: tuple[Path, dict[str, bytes]]
+) -> None:
+    """``-o log_file=`` gets the detached daemon's log (a host without syslog would lose it);
+    a log file that cannot be written is a one-line error before anything is mounted."""
+    archive, _ = sample
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    log = tmp_path / "blobfs.log"
+    try:
+        r = subprocess.run(
+            [*BLOBFS, "mount", os.fspath(archive), os.fspath(mnt), "-o", f"log_file={log}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+        pid = _daemon_pid(mnt)
+        r = subprocess.run([*BLOBFS, "umount", os.fspath(mnt)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: daemon_exited(pid), 30, "the daemon to exit")
+        text = log.read_text()
+        assert f"blobfs[{pid}] INFO blobfs.fuse: serving {archive} at {mnt}" in text
+        assert f"{mnt}: unmounted" in text
+        bad = tmp_path / "no-such-dir" / "blobfs.log"
+        r = subprocess.run(
+            [*BLOBFS, "mount", os.fspath(archive), os.fspath(mnt), "-o", f"log_file={bad}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 1
+        assert r.stderr.count("\n") == 1
+        assert f"log_file={bad}: cannot write it" in r.stderr
+        assert not is_mounted(mnt)
+    finally:
+        lazy_unmount(mnt)

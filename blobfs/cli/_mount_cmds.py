@@ -58,6 +58,7 @@ mount options (-o, comma-separated, repeatable):
   policy=FILE       trust policy the manifest must satisfy before anything is served
   offline           registry metadata only from the caches
   log_level=LEVEL   debug, info (default), warning, error
+  log_file=PATH     log to PATH (appended) instead of stderr, or syslog once detached
   debug             log everything, pyfuse3 and httpx included
   read_ahead_kb=N   kernel readahead of the mount (default 1024)
   max_background=N  kernel requests in flight to the daemon (default 64)

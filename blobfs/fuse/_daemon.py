@@ -35,7 +35,7 @@ from ..core import Archive
 from ..errors import BlobfsError, MountError
 from ._detach import ReadyPipe, detach
 from ._fs import ArchiveFS
-from ._log import setup_daemon_logging, use_syslog
+from ._log import setup_daemon_logging, use_log_file, use_syslog
 from ._mountpoint import check_mountpoint, is_mounted
 from ._notify import notify_ready, notify_status, notify_stopping
 from ._ops import Operations
@@ -98,6 +98,8 @@ def mount(
         check_allow_other()
     # Logging first: check_mountpoint warns when it removes a dead mount left at the place.
     setup_daemon_logging(options.log_level, debug=options.debug)
+    if options.log_file is not None:
+        use_log_file(options.log_file)
     check_mountpoint(mountpoint)
     pipe = None if foreground else detach()
     try:
@@ -242,7 +244,8 @@ class _Daemon:
         self.ready = True
         if self.pipe is not None:
             self.pipe.ready()  # the starting process exits 0; our stdio is /dev/null now
-            use_syslog()
+            if opts.log_file is None:
+                use_syslog()
         logger.info("serving %s at %s", source.pinned, self.mountpoint)
 
     async def _signals(self, receiver: AsyncIterator[int], scope: trio.CancelScope) -> None:

@@ -12,6 +12,8 @@ Three destinations, one handler at a time on the root logger:
 - **syslog** (:func:`use_syslog`): for the detached daemon, whose stderr is ``/dev/null``
   after it reported ready; ``/dev/log`` with ident ``blobfs[PID]``, facility ``daemon``. Where
   there is no ``/dev/log``, logging is dropped (there is nobody to read it).
+- **a file** (:func:`use_log_file`, ``-o log_file=PATH``): instead of stderr and syslog, in the
+  foreground and once detached; the stderr format, appended, reopened when logrotate moves it.
 
 The level applies to blobfs's own loggers; ``debug=True`` lowers everything, pyfuse3's and
 httpx's loggers included, to DEBUG, which is what a user asking for ``-o debug`` wants.
@@ -25,7 +27,16 @@ import os
 import socket
 import sys
 
-__all__ = ["LEVELS", "parse_level", "setup_daemon_logging", "syslog_priority", "use_syslog"]
+from ..errors import MountError
+
+__all__ = [
+    "LEVELS",
+    "parse_level",
+    "setup_daemon_logging",
+    "syslog_priority",
+    "use_log_file",
+    "use_syslog",
+]
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -153,3 +164,18 @@ def use_syslog(address: str = SYSLOG_SOCKET) -> bool:
     syslog.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     _install(syslog)
     return True
+
+
+def use_log_file(path: str) -> None:
+    """Log to ``path`` from now on (appending; levels set by :func:`setup_daemon_logging` stay).
+
+    The file is opened here, so a path that cannot be written is a one-line
+    :class:`~blobfs.errors.MountError` before anything is mounted. It is reopened when it was
+    moved or deleted (``logging.handlers.WatchedFileHandler``), as logrotate expects.
+    """
+    try:
+        handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+    except OSError as e:
+        raise MountError(f"-o log_file={path}: cannot write it: {e.strerror or e}") from None
+    handler.setFormatter(logging.Formatter(_STDERR_FORMAT))
+    _install(handler)

@@ -73,6 +73,7 @@ class MountOptions:
     policy: str | None = None
     offline: bool = False
     log_level: str = "info"
+    log_file: str | None = None
     debug: bool = False
     noexec: bool = False
     read_ahead_kb: int = DEFAULT_READ_AHEAD_KB
@@ -158,7 +159,7 @@ def parse_options(values: Iterable[str], *, helper: bool = False) -> MountOption
             if not re.fullmatch(r"[0-7]{1,4}", value):
                 raise MountError(f"-o umask={value}: want octal permission bits, e.g. 022")
             fields[key] = int(value, 8) & 0o7777
-        elif key == "policy":
+        elif key in ("policy", "log_file"):
             fields[key] = os.path.abspath(os.path.expanduser(value))
         elif key == "log_level":
             if value.lower() not in LOG_LEVELS:
@@ -174,8 +175,8 @@ def parse_options(values: Iterable[str], *, helper: bool = False) -> MountOption
 
 
 _VALUED: Final = frozenset(
-    {"cache_dir", "cache_size", "uid", "gid", "umask", "policy", "log_level", "read_ahead_kb",
-     "max_background"}
+    {"cache_dir", "cache_size", "uid", "gid", "umask", "policy", "log_level", "log_file",
+     "read_ahead_kb", "max_background"}
 )  # fmt: skip
 
 
