@@ -75,11 +75,6 @@ class WholeFileStream:
         self._writer: _Writer | None = None  # writer side, made on the first append
         self._stored = 0  # chunks appended to the writer (writer side)
 
-    @property
-    def open(self) -> bool:
-        """Whether chunks still go to the whole-file entry."""
-        return self._open
-
     # ------------------------------------------------------------------ the reader's side
 
     def feed(self, k: int, data: bytes | memoryview) -> None:
