@@ -171,3 +171,29 @@ def test_errors_are_one_line(reg: LocalRegistry, tmp_path: Path, capsysbinary: C
     rc, _, err = run(capsysbinary, "verify", str(tmp_path), "--policy", str(bad))
     assert rc == 2
     assert "verify a registry reference" in err
+
+
+def test_pull_with_a_policy(reg: LocalRegistry, tmp_path: Path, capsysbinary: Capture) -> None:
+    """``pull --key``/``--policy``: a refused reference exits 5 and writes nothing; a signed one
+    is pulled, and the JSON names the policies applied."""
+    ref = pushed(reg, tmp_path, capsysbinary)
+    run_json(capsysbinary, "keygen", str(tmp_path / "k"))
+    pub = str(tmp_path / "k.pub")
+    dest = tmp_path / "out"
+    rc, _, err = run(capsysbinary, "pull", ref, str(dest), "--key", pub)
+    assert rc == 5
+    assert err.count("\n") == 1
+    assert "policy keypair refused: no signature is attached" in err
+    assert not dest.exists() or not any(dest.iterdir())
+    run_json(capsysbinary, "sign", ref, "--key", str(tmp_path / "k.key"))
+    doc = run_json(capsysbinary, "pull", ref, str(dest), "--key", pub)
+    assert doc["policies_applied"] == [f"key {pub}"]
+    assert doc["file_count"] == 1
+    assert (dest / "hello.txt").read_text().startswith("hello ")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        f'[[rules]]\nmatch = "{reg.host}/other/*"\n[rules.signature]\nkeys = ["k.pub"]\n'
+    )
+    rc, _, err = run(capsysbinary, "pull", ref, str(tmp_path / "out2"), "--policy", str(policy))
+    assert rc == 5  # no rule matches the reference: refused
+    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())

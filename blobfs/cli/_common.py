@@ -293,6 +293,15 @@ class ArchiveSpec:
         return self.reference is not None or is_url(self.index) or is_url(self.data)
 
 
+def add_policy_options(p: argparse.ArgumentParser, *, policy_help: str, key_help: str) -> None:
+    """``--policy FILE`` (``args.policy``) and ``--key PUB`` (``args.verify_key``), each
+    repeatable, as ``verify`` and ``pull`` take them (see ``_trust_cmds.policy_of``)."""
+    p.add_argument("--policy", action="append", default=[], metavar="FILE", help=policy_help)
+    p.add_argument(
+        "--key", dest="verify_key", action="append", default=[], metavar="PUB", help=key_help
+    )
+
+
 def usage_error(args: argparse.Namespace, message: str) -> NoReturn:
     """Report a usage mistake the way argparse does (usage line + message, exit 2)."""
     parser: argparse.ArgumentParser = args.parser

@@ -40,6 +40,7 @@ from ._common import (
     DEFAULT_INDEX_NAME,
     Ctx,
     add_archive_options,
+    add_policy_options,
     load_config,
 )
 from ._output import CliError, Output, OutputMode, parse_size
@@ -488,6 +489,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("ref", metavar="REF", help=ref_help)
     p.add_argument("dest", metavar="DEST", nargs="?", default=".", help="default: .")
     p.add_argument("-f", "--force", action="store_true", help="overwrite existing files")
+    add_policy_options(
+        p,
+        policy_help="pull only if REF satisfies the trust policy FILE (TOML or YAML; "
+        "repeatable); exit 5, nothing written, when it is refused",
+        key_help="pull only if REF is signed by public key PUB (repeatable: all required)",
+    )
 
     # tag
     p = add(

@@ -28,13 +28,16 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core import Compression, CreateProgress, extract
 from ._archive_cmds import cmd_inspect
 from ._common import Ctx, make_client, parse_reference, reference_arg, usage_error
 from ._output import CliError, human_size
 from ._progress import ProgressBar
+
+if TYPE_CHECKING:
+    from ..registry import ManifestPolicy
 
 __all__ = ["cmd_inspect_any", "cmd_pull", "cmd_push", "cmd_tag"]
 
@@ -101,10 +104,21 @@ def cmd_pull(args: argparse.Namespace, ctx: Ctx) -> int:
     if dest.exists() and not dest.is_dir():
         raise CliError(f"{dest}: exists and is not a directory")
     out = ctx.out
+    policy: ManifestPolicy | None = None
+    policies: list[str] = []
+    if args.policy or args.verify_key:
+        # Here, not at the top: the trust modules cost a plain pull ~130 ms of start-up.
+        from ._trust_cmds import policy_of
+
+        policy, policies = policy_of(args)
     # The registry alone (its manifest/index caches and policy), not the client's content and
     # block caches: a full extraction reads each byte once and writes it out, so storing it in
-    # a cache too would double the disk writes for nothing.
-    with make_client(ctx) as client, client.registry.pull(ref, max_file_size=0) as ar:
+    # a cache too would double the disk writes for nothing. A policy refuses the manifest before
+    # anything is fetched or written (PolicyViolation: exit 5).
+    with (
+        make_client(ctx, policy=policy) as client,
+        client.registry.pull(ref, max_file_size=0) as ar,
+    ):
         resolved = f"{ref.registry}/{ref.repository}@{ar.manifest.digest}"
         entries = list(ar.walk(""))
         dest.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -122,6 +136,7 @@ def cmd_pull(args: argparse.Namespace, ctx: Ctx) -> int:
             "total_size_human": human_size(copied_bytes),
             "verified": True,
             "skipped": skipped,
+            "policies_applied": policies,
         }
         out.emit_json(result)
         return 0
@@ -137,6 +152,8 @@ def cmd_pull(args: argparse.Namespace, ctx: Ctx) -> int:
         ("Size", human_size(copied_bytes)),
         ("Verified", "yes"),
     ]
+    if policies:
+        rows.append(("Trusted", ", ".join(policies)))
     if skipped:
         rows.append(("Skipped", f"{len(skipped)} existing file(s)"))
     out.lines(f"{k + ':':<13}{v}" for k, v in rows)

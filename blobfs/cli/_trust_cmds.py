@@ -30,7 +30,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import PolicyViolation, RegistryError
 from ..policy._provenance import SLSA_PROVENANCE_V1
-from ._common import Ctx, make_client, parse_reference, reference_arg, usage_error
+from ._common import (
+    Ctx,
+    add_policy_options,
+    make_client,
+    parse_reference,
+    reference_arg,
+    usage_error,
+)
 from ._output import CliError
 
 if TYPE_CHECKING:
@@ -45,6 +52,7 @@ __all__ = [
     "add_trust_commands",
     "add_verify_options",
     "cmd_verify_any",
+    "policy_of",
     "referrer_lines",
     "referrer_listing",
 ]
@@ -148,7 +156,9 @@ def cmd_attest(args: argparse.Namespace, ctx: Ctx) -> int:
     return _signed_result(ctx, ref, "attestation", signed.subject, signed.referrer)
 
 
-def _policy_of(args: argparse.Namespace) -> tuple[Policy, list[str]]:
+def policy_of(args: argparse.Namespace) -> tuple[Policy, list[str]]:
+    """The policy of ``--policy FILE`` and ``--key PUB`` options (all required) and their
+    names, as ``verify`` and ``pull`` take them (at least one given)."""
     from ..policy import load_policy, require_all
     from ..policy.sigstore import KeyPairPolicy
 
@@ -178,7 +188,7 @@ def cmd_verify_any(args: argparse.Namespace, ctx: Ctx) -> int:
     ref = reference_arg(positionals[0])
     if ref is None:
         usage_error(args, f"{positionals[0]}: --policy/--key verify a registry reference")
-    policy, names = _policy_of(args)
+    policy, names = policy_of(args)
     out = ctx.out
     with make_client(ctx) as client:
         manifest = client.registry.fetch(ref)
@@ -260,21 +270,11 @@ def referrer_lines(listing: dict[str, Any]) -> list[str]:
 
 def add_verify_options(p: argparse.ArgumentParser) -> None:
     """``--policy FILE`` and ``--key PUB`` of ``verify``."""
-    p.add_argument(
-        "--policy",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="verify REF against the trust policy FILE (TOML or YAML; repeatable); exit 5 "
-        "when it is refused",
-    )
-    p.add_argument(
-        "--key",
-        dest="verify_key",
-        action="append",
-        default=[],
-        metavar="PUB",
-        help="require a signature of REF by public key PUB (repeatable: all required)",
+    add_policy_options(
+        p,
+        policy_help="verify REF against the trust policy FILE (TOML or YAML; repeatable); "
+        "exit 5 when it is refused",
+        key_help="require a signature of REF by public key PUB (repeatable: all required)",
     )
 
 
