@@ -197,3 +197,27 @@ def test_pull_with_a_policy(reg: LocalRegistry, tmp_path: Path, capsysbinary: Ca
     rc, _, err = run(capsysbinary, "pull", ref, str(tmp_path / "out2"), "--policy", str(policy))
     assert rc == 5  # no rule matches the reference: refused
     assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())
+
+
+def test_cp_from_a_reference_with_a_policy(
+    reg: LocalRegistry, tmp_path: Path, capsysbinary: Capture
+) -> None:
+    """``cp REF:/PATH --key``: refused (exit 5, nothing written) until signed; a local source
+    with ``--key`` is a usage error."""
+    ref = pushed(reg, tmp_path, capsysbinary)
+    run_json(capsysbinary, "keygen", str(tmp_path / "k"))
+    pub = str(tmp_path / "k.pub")
+    dest = tmp_path / "copy.txt"
+    rc, _, err = run(capsysbinary, "cp", f"{ref}:/hello.txt", str(dest), "--key", pub)
+    assert rc == 5
+    assert "no signature is attached" in err
+    assert not dest.exists()
+    run_json(capsysbinary, "sign", ref, "--key", str(tmp_path / "k.key"))
+    rc, _, err = run(capsysbinary, "cp", f"{ref}:/hello.txt", str(dest), "--key", pub)
+    assert rc == 0, err
+    assert dest.read_text().startswith("hello ")
+    local = tmp_path / "src-local"
+    local.mkdir()
+    rc, _, err = run(capsysbinary, "cp", f"{local}:/x", str(tmp_path / "y"), "--key", pub)
+    assert rc == 2
+    assert "registry references" in err

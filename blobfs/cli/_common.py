@@ -489,11 +489,12 @@ def check_archive_files(spec: ArchiveSpec) -> None:
         raise CliError(f"{path}: {what} blob not found")
 
 
-def open_archive(spec: ArchiveSpec, ctx: Ctx) -> Archive:
-    """Open the archive for reading (index validated, data source opened); close it after use."""
+def open_archive(spec: ArchiveSpec, ctx: Ctx, policy: ManifestPolicy | None = None) -> Archive:
+    """Open the archive for reading (index validated, data source opened); close it after use.
+    ``policy`` (registry references only) must accept the manifest before anything is read."""
     check_archive_files(spec)
     if spec.reference is not None:
-        return _pull(spec.reference, ctx)
+        return _pull(spec.reference, ctx, policy)
     if not spec.remote:
         from ..core import open_file
 
@@ -501,9 +502,9 @@ def open_archive(spec: ArchiveSpec, ctx: Ctx) -> Archive:
     return _connect(spec, ctx)
 
 
-def _pull(ref: str, ctx: Ctx) -> Archive:
+def _pull(ref: str, ctx: Ctx, policy: ManifestPolicy | None) -> Archive:
     """Open a registry archive that owns its client (closed with the archive)."""
-    client = make_client(ctx)
+    client = make_client(ctx, policy=policy)
     try:
         archive = client.pull(ref, max_file_size=ctx.max_file_size)
     except BaseException:

@@ -132,6 +132,13 @@ def cmd_cp(args: argparse.Namespace, ctx: Ctx) -> int:
     if dest.exists() and not dest.is_dir() and many:
         raise CliError(f"{dest}: copying several sources needs DEST to be a directory")
 
+    policy = None
+    if args.policy or args.verify_key:
+        if any(src.spec.reference is None for src in sources):
+            usage_error(args, "--policy/--key apply to registry references (REF:/PATH) only")
+        from ._trust_cmds import policy_of  # the trust modules only when asked for
+
+        policy, _ = policy_of(args)
     out = ctx.out
     copied = 0
     copied_bytes = 0
@@ -141,7 +148,7 @@ def cmd_cp(args: argparse.Namespace, ctx: Ctx) -> int:
         plans: list[_Plan] = []
         for src in sources:
             if src.spec not in archives:
-                archives[src.spec] = stack.enter_context(open_archive(src.spec, ctx))
+                archives[src.spec] = stack.enter_context(open_archive(src.spec, ctx, policy))
             plans.append(_plan(args, archives[src.spec], src, dest, many))
         total = sum(e.size for p in plans for _, e in p.files)
         bar = stack.enter_context(ProgressBar(total, "copying", quiet=out.quiet))

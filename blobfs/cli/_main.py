@@ -422,6 +422,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("-r", "--recursive", action="store_true", help="copy directories")
     p.add_argument("--preserve", action="store_true", help="apply archived mode bits and mtime")
     p.add_argument("-f", "--force", action="store_true", help="overwrite existing files")
+    add_policy_options(
+        p,
+        policy_help="copy from a REF only if it satisfies the trust policy FILE (repeatable); "
+        "exit 5, nothing written, when it is refused",
+        key_help="copy from a REF only if it is signed by public key PUB (repeatable)",
+    )
 
     # verify
     p = add(
