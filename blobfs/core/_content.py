@@ -36,7 +36,7 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, BinaryIO, Final, cast
 
@@ -169,8 +169,9 @@ class ContentCache:
         self._warned: set[str] = set()
         self._limit: int | None = None  # max_bytes(), asked once: it is configuration
         self._cond = threading.Condition()
-        # digest -> verified content not stored yet, oldest first (write-behind only)
-        self._pending: OrderedDict[bytes, bytes | memoryview] = OrderedDict()
+        # digest -> verified content queued and not stored yet, for lookups (write-behind only;
+        # the order of writing is the queue's)
+        self._pending: dict[bytes, bytes | memoryview] = {}
         self._pending_bytes = 0  # the size of every buffer in self._pins
         self._pins: dict[int, list[int]] = {}  # buffer key -> [size, queued entries using it]
         # what the writer thread is to do, in order: puts (also in _pending) and stream ops
