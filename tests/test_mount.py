@@ -563,6 +563,34 @@ def test_registry_outage_gives_eio_then_reads_resume(
             again.wait()
 
 
+def test_files_held_by_the_page_cache_load_nothing_ahead(
+    tmp_path: Path, registry: tuple[LocalRegistry, Path], sample: tuple[Path, dict[str, bytes]]
+) -> None:
+    """Reading ``many/`` in order loads its files ahead in batches (``_scan.py``). Reading it
+    again through the same mount, the kernel's page cache answers (``keep_cache``): the files
+    are opened but never read, so nothing may be loaded ahead either (the daemon used to load
+    and verify batches of cached content on every open, a quarter of its time in a hot
+    ``find | xargs cat``)."""
+    reg, _ = registry
+    archive, files = sample
+    ref = f"{reg.host}/sample/data:v1"
+    with Registry() as client:
+        client.push(ref, archive)
+    names = sorted(n for n in files if n.startswith("many/"))
+    with mounted([ref], tmp_path / "mnt") as m:
+        for name in names:
+            assert (m.path / name).read_bytes() == files[name]
+        first = m.stats()
+        assert first["fetch_requests"] < len(names) // 4  # batches, not a request per file
+        for name in names:
+            assert (m.path / name).read_bytes() == files[name]
+        again = m.stats()
+        assert again["opens"] == first["opens"] + len(names)
+        assert again["reads"] == first["reads"]  # the page cache answered (keep_cache)
+        for key in ("cache_hits", "cache_misses", "fetch_requests", "bytes_fetched"):
+            assert again[key] == first[key], key
+
+
 def test_registry_with_credentials(tmp_path: Path, sample: tuple[Path, dict[str, bytes]]) -> None:
     """A registry that wants a password: the mount reads the docker config, for the manifest,
     the index and every range request of the data blob (chunked and v1 files)."""
@@ -666,11 +694,15 @@ def test_kernel_tuning_is_applied(tmp_path: Path, sample: tuple[Path, dict[str, 
 
 
 def test_blobs_by_url(tmp_path: Path) -> None:
-    """``--index URL --data URL``: range requests to a plain HTTP server, through the caches."""
+    """``--index URL --data URL``: range requests to a plain HTTP server, through the content
+    cache only, as a registry mount: no block cache writing every byte a second time (it also
+    doubled the daemon's memory on a large read), and a second mount over the same cache reads
+    the whole tree without a range request."""
     from tests._servers import serve_blobs
 
     fixture = FIXTURES / "mixed-zstd"
     blobs = {n: (fixture / n).read_bytes() for n in ("index.blob", "data.blob")}
+    cache = tmp_path / "cache"  # mounted()'s BLOBFS_CACHE_DIR for a mount at tmp_path / "mnt"
     with serve_blobs(blobs) as server:
         source = ["--index", server.url("index.blob"), "--data", server.url("data.blob")]
         with mounted(source, tmp_path / "mnt") as m:
@@ -679,6 +711,14 @@ def test_blobs_by_url(tmp_path: Path) -> None:
             assert stats["reference"] == f"{server.url('index.blob')} + {server.url('data.blob')}"
             assert stats["bytes_fetched"] > 0
             assert stats["errors"] == 0
+        entries = [p for p in (cache / "content").rglob("*") if p.is_file() and len(p.name) == 64]
+        assert entries
+        assert not [p for p in cache.rglob("*") if p.is_file() and "blocks" in p.parts]
+        data_requests = server.stats.requests_for("data.blob")
+        with mounted(source, tmp_path / "mnt") as m:
+            _check_tree(m.path, _expected("mixed"))
+            assert m.stats()["bytes_fetched"] == 0
+        assert server.stats.requests_for("data.blob") == data_requests
 
 
 def test_trust_policy_is_checked_before_anything_is_served(
