@@ -29,18 +29,22 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeAlias
 
 from ..errors import InvalidReference
 from ..registry import DEFAULT_REF_TTL, Reference
 from ._output import CliError, Output
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     # Imported where used: a command loads the archive, HTTP and cache code it needs only
     # (``blobfs mount`` of a local archive never loads httpx; ``umount`` not even numpy).
     from ..client import Client
     from ..core import Archive, FileSource
     from ..core._closing import SupportsClose
+    from ..core.cache import BlockCache as BlockCacheProtocol
+    from ..core.cache import Cache
     from ..core.cache.disk import BlockCache, DiskCache
     from ..core.http import HttpSource
     from ..registry import CredentialStore, ManifestPolicy
@@ -489,9 +493,28 @@ def check_archive_files(spec: ArchiveSpec) -> None:
         raise CliError(f"{path}: {what} blob not found")
 
 
-def open_archive(spec: ArchiveSpec, ctx: Ctx, policy: ManifestPolicy | None = None) -> Archive:
+if TYPE_CHECKING:
+
+    class ClosingCache(Cache, SupportsClose, Protocol): ...
+
+    class ClosingBlockCache(BlockCacheProtocol, SupportsClose, Protocol): ...
+
+
+CacheOpener: TypeAlias = "Callable[[Ctx], tuple[ClosingCache, ClosingBlockCache]]"
+"""Opens the caches of an archive with a blob behind a URL: the content cache and what stands
+where the block cache does (:func:`open_caches`, or the mount's own)."""
+
+
+def open_archive(
+    spec: ArchiveSpec,
+    ctx: Ctx,
+    policy: ManifestPolicy | None = None,
+    *,
+    caches: CacheOpener | None = None,
+) -> Archive:
     """Open the archive for reading (index validated, data source opened); close it after use.
-    ``policy`` (registry references only) must accept the manifest before anything is read."""
+    ``policy`` (registry references only) must accept the manifest before anything is read.
+    ``caches`` opens the caches of a URL archive (default :func:`open_caches`)."""
     check_archive_files(spec)
     if spec.reference is not None:
         return _pull(spec.reference, ctx, policy)
@@ -499,7 +522,7 @@ def open_archive(spec: ArchiveSpec, ctx: Ctx, policy: ManifestPolicy | None = No
         from ..core import open_file
 
         return open_file(spec.index, spec.data, max_file_size=ctx.max_file_size)
-    return _connect(spec, ctx)
+    return _connect(spec, ctx, caches or open_caches)
 
 
 def _pull(ref: str, ctx: Ctx, policy: ManifestPolicy | None) -> Archive:
@@ -514,13 +537,18 @@ def _pull(ref: str, ctx: Ctx, policy: ManifestPolicy | None) -> Archive:
     return archive
 
 
-def _connect(spec: ArchiveSpec, ctx: Ctx) -> Archive:
+def _connect(spec: ArchiveSpec, ctx: Ctx, caches: CacheOpener) -> Archive:
     """An archive with at least one blob behind a URL; it owns its sources and caches."""
     from ..core import Archive, Index
 
     headers = dict(spec.headers)
     owned: list[SupportsClose] = []
     try:
+        cache = block_cache = None
+        if ctx.use_cache:
+            # First: a cache opened in a thread of its own (the mount's) overlaps the index fetch.
+            cache, block_cache = caches(ctx)
+            owned += (cache, block_cache)
         index_src = _source(spec.index, headers)
         owned.append(index_src)
         if index_src.size > MAX_INDEX_BYTES:
@@ -528,10 +556,8 @@ def _connect(spec: ArchiveSpec, ctx: Ctx) -> Archive:
         index = Index(index_src.read_at(0, index_src.size))
         data_src = _source(spec.data, headers, index.data_hash, index.data_size)
         owned.append(data_src)
-        cache = block_cache = None
-        if ctx.use_cache:
-            cache, block_cache = open_caches(ctx)
-            owned += (cache, block_cache)
+        if cache is not None:
+            cache.max_bytes()  # waits for such an opening: a cache that cannot open fails here
         archive = Archive(
             index,
             data_src,

@@ -41,6 +41,7 @@ from ._output import CliError, human_size
 if TYPE_CHECKING:
     from ..core import Archive
     from ..core.cache import Cache
+    from ..fuse._counting import CountingCache, FetchCounter
     from ..registry import ManifestPolicy
 
 __all__ = ["add_mount_commands", "cmd_mount", "cmd_status", "cmd_umount", "helper_argv"]
@@ -222,30 +223,40 @@ class _OpeningCache:
             close()
 
 
-def _registry_archive(
-    ref: str, ctx: Ctx, store: CredentialStore, policy: ManifestPolicy | None
-) -> Archive:
-    """A registry archive owning its client and content cache. No block cache: the mount
-    keeps verified files and chunks, which is all it ever reads (see blobfs.fuse._counting);
-    ``-o cache_size`` bounds the content cache."""
+def _mount_caches(ctx: Ctx) -> tuple[CountingCache, FetchCounter]:
+    """The caches of a mounted remote archive (registry or URL): a counting content cache,
+    opened in a thread meanwhile, and no block cache. The mount keeps verified files and
+    chunks, which is all it ever reads (see blobfs.fuse._counting): blocks would write every
+    byte to disk a second time. ``-o cache_size`` bounds the content cache."""
     from ..core.cache.disk import DiskCache
     from ..fuse._counting import CountingCache, FetchCounter
 
+    root, limit = cache_root(ctx), ctx.cache_bytes or CONTENT_CACHE_BYTES
+    return CountingCache(
+        _OpeningCache(lambda: DiskCache(root / "content", max_bytes=limit))
+    ), FetchCounter()
+
+
+def _registry_archive(
+    ref: str, ctx: Ctx, store: CredentialStore, policy: ManifestPolicy | None
+) -> Archive:
+    """A registry archive owning its client and content cache (:func:`_mount_caches`)."""
+    from ..fuse._counting import FetchCounter
+
     client = make_client(ctx, credentials=store, policy=policy)
-    opening = cache = None
+    cache = None
     try:
+        counter = FetchCounter()
         if ctx.use_cache:
-            root, limit = cache_root(ctx), ctx.cache_bytes or CONTENT_CACHE_BYTES
-            opening = _OpeningCache(lambda: DiskCache(root / "content", max_bytes=limit))
-            cache = CountingCache(opening)
+            cache, counter = _mount_caches(ctx)
         archive = client.registry.pull(
             Reference.parse(ref, default_tag="latest"),
             max_file_size=ctx.max_file_size,
             cache=cache,
-            block_cache=FetchCounter(),
+            block_cache=counter,
         )
-        if opening is not None:
-            opening.opened()  # a cache that cannot be opened fails the mount, as before
+        if cache is not None:
+            cache.max_bytes()  # waits for the opening: a cache that cannot open fails the mount
     except BaseException:
         if cache is not None:
             cache.close()
@@ -272,7 +283,7 @@ def _opener(
         try:
             if spec.reference is not None and store is not None:
                 return _registry_archive(spec.reference, ctx, store, policy)
-            return open_archive(spec, ctx)
+            return open_archive(spec, ctx, caches=_mount_caches)
         finally:
             if resume_gc:
                 gc.enable()

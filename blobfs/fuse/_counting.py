@@ -132,6 +132,9 @@ class FetchCounter:
     def prune(self, target_bytes: int) -> int:
         return 0
 
+    def close(self) -> None:
+        """Nothing to close (the source it wrapped is closed with the archive)."""
+
 
 class CountingCache:
     """A content :class:`~blobfs.core.cache.Cache` that counts lookups (``hits``/``misses``);
