@@ -119,6 +119,25 @@ def test_given_size_skips_the_probe_and_given_id_wins(srv: RangeServer) -> None:
         assert src.source_id == "sha256:" + "ab" * 32
 
 
+def test_plain_http_never_loads_a_ca_bundle(
+    srv: RangeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building httpx's default TLS context parses the whole CA bundle (~50 ms): a source on an
+    ``http://`` URL must not pay for it (it did at its first read, the first read of a mount).
+    Its clients' context loads the bundle at the first TLS handshake only
+    (``test_registry_tls.py`` has the HTTPS side)."""
+    import certifi
+
+    def no_bundle() -> str:
+        raise AssertionError("the CA bundle was loaded for plain HTTP")
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.setattr(certifi, "where", no_bundle)
+    with open_source(srv) as src:
+        assert src.read_at(3, 100) == BLOB[3:103]
+
+
 def test_empty_blob(srv: RangeServer) -> None:
     with open_source(srv, "empty") as src:
         assert src.size == 0

@@ -16,6 +16,7 @@ skip otherwise.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import socket
 from collections.abc import Callable, Iterator
@@ -29,7 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from blobfs.core.cache import MemoryCache
-from blobfs.errors import RegistryError, RegistryNotFound
+from blobfs.core.http import HttpSource
+from blobfs.errors import RegistryError, RegistryNotFound, SourceError
 from blobfs.registry import Registry
 from tests._cli import Capture, run, run_json
 from tests._registry import LocalRegistry, local_registry
@@ -224,6 +226,30 @@ def test_default_trust_is_loaded_at_the_first_handshake(
     with Registry(plain_http=False, retries=0) as reg, pytest.raises(RegistryError) as info:
         reg.fetch(f"127.0.0.1:{tls.reg.port}/lib/env-ca@{pushed.digest}")
     _one_line_tls_failure(str(info.value))
+
+
+def test_http_source_loads_default_trust_at_the_first_handshake(
+    tls: Tls, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ``HttpSource`` on an ``https://`` URL (here the registry's blob URL, read as any
+    range server) verifies the server against httpx's default trust, loaded at its first TLS
+    handshake: built without it (a plain-HTTP mount never pays for the bundle), it refuses the
+    server in one line; trusted through ``SSL_CERT_FILE``, it reads."""
+    ref = _loopback_ref(tls, "lib/source")
+    with Registry(plain_http=False, ca_file=tls.ca) as reg:
+        pushed = reg.push(ref, src)
+        with reg.pull(ref, cache=MemoryCache()) as archive:
+            url, size = archive.data_url, archive.index.data_size
+    assert url.startswith("https://")
+    assert pushed.digest
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls.wrong_ca))
+    with HttpSource(url, size=size, retries=0) as source, pytest.raises(SourceError) as info:
+        source.read_at(0, 16)
+    _one_line_tls_failure(str(info.value))
+    with HttpSource(url, size=size, retries=0) as source:
+        monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca))  # after construction: still honoured
+        first = source.read_at(0, size)
+    assert hashlib.sha256(first).hexdigest() == url.rsplit(":", 1)[1]
 
 
 def test_plain_http_to_an_https_registry_is_an_error_not_a_fallback(tls: Tls, src: Path) -> None:

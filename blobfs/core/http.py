@@ -43,6 +43,7 @@ from ._http_proto import (
 from ._http_raw import read_raw_body
 from ._source import check_range
 from ._steps import Progress, WritableBuffer
+from ._tls import default_context
 
 __all__ = ["HttpSource"]
 
@@ -513,7 +514,7 @@ class HttpSource(Closing, AsyncClosing):
                 self._client = httpx.Client(
                     timeout=self._timeout,
                     limits=limits,  # still used for proxies from the environment
-                    transport=_Transport(limits=limits),
+                    transport=_Transport(limits=limits, verify=default_context()),
                     follow_redirects=False,
                 )
             return self._client
@@ -534,7 +535,7 @@ class HttpSource(Closing, AsyncClosing):
             self._async_client = httpx.AsyncClient(
                 timeout=self._timeout,
                 limits=limits,
-                transport=_AsyncTransport(limits=limits),
+                transport=_AsyncTransport(limits=limits, verify=default_context()),
                 follow_redirects=False,
             )
         assert self._async_slots is not None

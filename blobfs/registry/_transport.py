@@ -22,12 +22,12 @@ from typing import Protocol, TypeVar
 import httpx
 
 from ..core._http_proto import cert_failure
+from ..core._tls import default_context
 from ..errors import DigestMismatch, RegistryError, RegistryNotFound
 from ._manifest import DOCKER_MANIFEST_LIST, DOCKER_MANIFEST_V2, OCI_INDEX, OCI_MANIFEST, digest_of
 from ._mirrors import MirrorSpec, normalize_mirrors
 from ._policy_hook import ManifestPolicy
 from ._reference import Reference, scheme_for
-from ._tls import default_context
 from .cache import RegistryCaches
 
 __all__ = ["ReferenceLike", "Transport", "parse_ref", "redact"]

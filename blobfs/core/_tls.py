@@ -1,12 +1,15 @@
-"""The default TLS context of registry clients, with its CA bundle loaded at the first handshake.
+"""The default TLS context of HTTP clients, with its CA bundle loaded at the first handshake.
 
 httpx builds an ``ssl.SSLContext`` for every client it constructs and parses its whole CA bundle
 (certifi's ~150 certificates) into it there: about 50 ms each, more on a busy machine. A
 :class:`~blobfs.registry.Registry` makes one client for API calls and one per pulled archive,
 so a cold read of one file spent most of its time (about 110 of 130 ms, measured against a
-loopback registry, which is plain HTTP and never needs a certificate) building contexts.
-:func:`default_context` gives a context, built in microseconds, that a registry shares among all
-its clients and that loads the bundle httpx would only when a TLS connection is first made.
+loopback registry, which is plain HTTP and never needs a certificate) building contexts; an
+:class:`~blobfs.core.http.HttpSource` built its client at its first read, so the first read
+of a mount of ``http://`` URLs took 70 ms instead of 10. :func:`default_context` gives a
+context, built in microseconds, that loads the bundle httpx would only when a TLS connection
+is first made. Registries share one among all their clients; each HTTP source without a client
+of its own has one.
 """
 
 from __future__ import annotations
