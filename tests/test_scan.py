@@ -20,7 +20,7 @@ import trio
 
 from blobfs.core import Archive, BytesSource, Index
 from blobfs.core._content import ContentCache
-from blobfs.core._scan import AHEAD_BYTES, BATCH_BYTES, STREAMS
+from blobfs.core._scan import AHEAD_BYTES, BATCH_BYTES, FIRST_BATCH_BYTES, STREAMS
 from blobfs.errors import IntegrityError
 from tests.test_archive_cache import (
     Built,
@@ -146,6 +146,36 @@ def test_memory_is_bounded_when_files_are_opened_but_not_read(tree: Built) -> No
         assert len(scan._by_hash) < len(archive.index) // 2
         assert scan._streams[-1].paused_until > 0
     assert src.bytes_read <= sum(e.data_size for e in Index(tree.index))
+
+
+def test_stray_reads_among_cached_files_load_little(tree: Built) -> None:
+    """The mount notes a file at its first read, and the kernel's page cache answers most
+    files of a tree read again: only a few reads come, some of them close enough together to
+    look like a scan. Each such pair may load one small batch, never the megabytes a real
+    scan keeps ahead (it did: a quarter of the daemon's time in a hot ``find | xargs cat``)."""
+    archive, src = tree.archive(DictCache())
+    names = paths(tree)
+    picked = [names[i] for i in (100, 104, 300, 306, 500, 505)]
+    with archive:
+        for name in picked:
+            read_in_order(archive, [name], tree)
+    own = sum(archive.index.entry(n).data_size for n in picked)
+    assert src.bytes_read <= 3 * FIRST_BATCH_BYTES + own
+
+
+def test_a_scan_ramps_up_once_its_files_are_taken(tree: Built) -> None:
+    """The other side: a program reading in order takes files from the first batch, and the
+    stream then keeps the full amount ahead in big batches (few requests)."""
+    archive, src = tree.archive(DictCache())
+    scan = archive._scan
+    names = paths(tree)[:120]
+    with archive:
+        read_in_order(archive, names[:4], tree)
+        stream = scan._streams[-1]
+        assert stream.proven
+        assert sum(b.size for b in stream.batches) > FIRST_BATCH_BYTES
+        read_in_order(archive, names[4:], tree)
+    assert len(src.reads) <= 6
 
 
 def test_parallel_streams_of_different_directories(tree: Built) -> None:

@@ -10,7 +10,11 @@ data blob, fetched with one request per batch, each file decoded and verified on
 
 Detection: :meth:`ScanAhead.opened` gets the index position of every file opened. An open within
 :data:`GAP` positions after the previous open of a *stream* makes it a scan; a scan keeps
-:data:`AHEAD_BYTES` of payload scheduled past its last open, as the program advances. Up to
+:data:`AHEAD_BYTES` of payload scheduled past its last open, as the program advances, once
+readers took :data:`PROOF` files from the stream's first (small) batch: files opened in order
+that the kernel's page cache answers are never read, and stray reads among them must not each
+set off megabytes of loading (the mount reports a file at its first read, not at its open). Up
+to
 :data:`STREAMS` streams are followed (programs reading different subtrees at once); a new one
 replaces the least recently advanced. One file opened alone starts nothing: a cold read of one
 file fetches that file only.
@@ -91,6 +95,10 @@ PAUSE: Final = 256
 read through it (the kernel's page cache answers them, or the program opens without
 reading): then it starts again with a small batch, to see whether reads came back."""
 
+PROOF: Final = 2
+"""Files readers must take from a stream's first batch before more is loaded for it: the file
+whose read started the batch, and one more."""
+
 PLAN_STEP: Final = 32
 """Index positions decoded at a time while planning a batch."""
 
@@ -116,6 +124,8 @@ class _Stream:
     next: int  # first position not planned yet
     scanning: bool = False
     planned: int = 0  # batches planned so far (the first ones are smaller)
+    taken: int = 0  # files readers took from batches it passed (since it last paused)
+    proven: bool = False  # readers took PROOF files from its batches
     paused_until: int = -1  # no loading ahead before this position (see PAUSE)
     batches: collections.deque[_Batch] = field(default_factory=collections.deque)
 
@@ -167,10 +177,13 @@ class ScanAhead:
             while stream.batches and stream.batches[0].end <= pos:
                 batch = stream.batches.popleft()  # passed: unclaimed files are dropped
                 wasted = wasted or not batch.claimed
+                stream.taken += batch.claimed
                 self._retire(batch)
             if wasted:
                 stream.paused_until = pos + PAUSE
                 stream.planned = 0
+                stream.taken = 0
+                stream.proven = False
             if pos < stream.paused_until:
                 return
             stream.next = max(stream.next, pos)
@@ -216,10 +229,20 @@ class ScanAhead:
         return None
 
     def _plan(self, stream: _Stream) -> None:
+        if not stream.proven:
+            # Until readers took PROOF files from its batches, a stream has one small batch
+            # loading at a time: files opened in order but answered by the page cache are
+            # never read, and a few stray reads among them must not set off megabytes of
+            # loading each.
+            if stream.taken + sum(b.claimed for b in stream.batches) >= PROOF:
+                stream.proven = True
+            elif stream.batches:
+                return
         ahead = sum(b.size for b in stream.batches)
         count = len(self._index)
         while ahead < AHEAD_BYTES and stream.next < count:
-            limit = min(BATCH_BYTES, FIRST_BATCH_BYTES << (2 * stream.planned))
+            ramp = stream.planned if stream.proven else 0
+            limit = min(BATCH_BYTES, FIRST_BATCH_BYTES << (2 * ramp))
             batch = self._next_batch(stream, limit, count)
             if batch is None:
                 return  # nothing batchable within PLAN_SPAN: look again at the next open
@@ -232,6 +255,8 @@ class ScanAhead:
             for e in batch.entries:
                 self._by_hash[e.hash] = batch
             ahead += batch.size
+            if not stream.proven:
+                return  # one small batch at a time (see above)
 
     def _next_batch(self, stream: _Stream, limit: int, count: int) -> _Batch | None:
         """The batch starting at ``stream.next`` (decoding the index a step at a time: a batch
