@@ -8,10 +8,12 @@ close.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
 import threading
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -278,6 +280,60 @@ def test_write_behind_counts_the_buffers_views_keep_alive() -> None:
     cache.stop_write_behind()
     assert cache.dropped == 1
     assert inner.data[hashlib.sha256(other).digest()] == other
+
+
+class PacedCache(DictCache):
+    """A content cache whose every put takes ``delay`` seconds (a disk slower than reads)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def put(self, digest: bytes, f: BinaryIO) -> None:
+        time.sleep(self.delay)
+        super().put(digest, f)
+
+
+def test_loaders_ahead_wait_for_a_slow_disk_instead_of_dropping() -> None:
+    """``wait``: a full queue makes the put wait while the writer makes progress (memory stays
+    bounded, nothing is left out), where a put without it drops."""
+    inner = PacedCache(0.02)
+    cache = ContentCache(inner)
+    cache.write_behind(max_pending=64 * KiB)
+    items = [bytes([i]) * (30 * KiB) for i in range(12)]  # 360 KiB through a 64 KiB queue
+    highest = 0
+    for data in items:
+        cache.put_bytes(hashlib.sha256(data).digest(), data, wait=1.0)
+        highest = max(highest, cache._pending_bytes)
+    assert cache.dropped == 0
+    assert highest <= 64 * KiB
+    cache.flush()
+    assert len(inner.data) == len(items)
+    burst = [bytes([100 + i]) * (30 * KiB) for i in range(12)]
+    for data in burst:  # the reader's own puts never wait
+        cache.put_bytes(hashlib.sha256(data).digest(), data)
+    assert cache.dropped > 0
+    cache.stop_write_behind()
+
+
+def test_a_stuck_writer_makes_waiting_puts_drop_once_patience_ran_out() -> None:
+    inner = SlowCache()  # stuck until the gate opens
+    cache = ContentCache(inner)
+    cache.write_behind(max_pending=64 * KiB)
+    first, second, third = (bytes([i]) * (40 * KiB) for i in range(3))
+    cache.put_bytes(hashlib.sha256(first).digest(), first, wait=0.2)  # queued
+    t0 = time.monotonic()
+    cache.put_bytes(hashlib.sha256(second).digest(), second, wait=0.2)
+    waited = time.monotonic() - t0
+    assert 0.15 <= waited < 5
+    assert cache.dropped == 1
+    t0 = time.monotonic()  # still stuck: the next put does not wait again
+    cache.put_bytes(hashlib.sha256(third).digest(), third, wait=0.2)
+    assert time.monotonic() - t0 < 0.1
+    assert cache.dropped == 2
+    inner.gate.set()
+    cache.stop_write_behind()
+    assert list(inner.data) == [hashlib.sha256(first).digest()]
 
 
 def test_archive_close_stores_what_is_queued(tmp_path: Path, tree: Built) -> None:

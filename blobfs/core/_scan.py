@@ -95,6 +95,11 @@ PAUSE: Final = 256
 read through it (the kernel's page cache answers them, or the program opens without
 reading): then it starts again with a small batch, to see whether reads came back."""
 
+STORE_PATIENCE: Final = 1.0
+"""A batch's files wait for room in the content cache's write queue while its writer finishes
+something at least this often (seconds): loading ahead then keeps pace with a slower disk
+instead of leaving files out of the cache; a writer stuck longer makes them go uncached."""
+
 PROOF: Final = 2
 """Files readers must take from a stream's first batch before more is loaded for it: the file
 whose read started the batch, and one more."""
@@ -351,7 +356,7 @@ class ScanAhead:
                     continue
                 results[e.hash] = data
                 if content is not None:
-                    content.put_bytes(e.hash, data)
+                    content.put_bytes(e.hash, data, wait=STORE_PATIENCE)
         return results
 
 
