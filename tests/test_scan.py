@@ -295,8 +295,8 @@ class PacedCache(DictCache):
 
 
 def test_loaders_ahead_wait_for_a_slow_disk_instead_of_dropping() -> None:
-    """``wait``: a full queue makes the put wait while the writer makes progress (memory stays
-    bounded, nothing is left out), where a put without it drops."""
+    """``wait``: a queue over half its bound makes the put wait while the writer makes progress
+    (memory stays bounded, nothing is left out), where a put without it drops."""
     inner = PacedCache(0.02)
     cache = ContentCache(inner)
     cache.write_behind(max_pending=64 * KiB)
@@ -306,7 +306,7 @@ def test_loaders_ahead_wait_for_a_slow_disk_instead_of_dropping() -> None:
         cache.put_bytes(hashlib.sha256(data).digest(), data, wait=1.0)
         highest = max(highest, cache._pending_bytes)
     assert cache.dropped == 0
-    assert highest <= 64 * KiB
+    assert highest <= 32 * KiB  # waiting puts keep the queue at half its bound
     cache.flush()
     assert len(inner.data) == len(items)
     burst = [bytes([100 + i]) * (30 * KiB) for i in range(12)]

@@ -58,13 +58,16 @@ __all__ = ["ContentCache"]
 
 logger = logging.getLogger(__name__)
 
-WRITE_BEHIND_BYTES: Final = 16 << 20
-"""Most memory the write-behind queue keeps alive: two batches of small files, so reads never
-wait for the disk while it keeps up, and the daemon stays under 100 MB when it does not. A view
-counts as its whole buffer (once, however many views of it wait): queuing views instead of
-copies saved a copy of every byte a cold read fetches (a seventh of the daemon's CPU). With
-32 MiB and no waiting, a 10,000-file tree read peaked at 87-102 MiB and left 0-522 files
-uncached; with 16 MiB and the loaders' ``wait``, 83-97 MiB and 5-26 files, as fast."""
+WRITE_BEHIND_BYTES: Final = 32 << 20
+"""Most memory the write-behind queue keeps alive: two readahead groups' buffers, so reads never
+wait for the disk while it keeps up (and a file read front to back streams into one whole-file
+entry: with 16 MiB, a second group's buffer did not fit and the stream broke, and warm reads of
+the per-chunk entries left were a third slower), and the daemon stays under 100 MB when it does
+not. A view counts as its whole buffer (once, however many views of it wait): queuing views
+instead of copies saved a copy of every byte a cold read fetches (a seventh of the daemon's
+CPU). Puts that ``wait`` (loaders ahead of the reads) wait for the queue to be under half of
+this: with 32 MiB for everything and no waiting, a 10,000-file tree read peaked at 87-102 MiB
+and left 0-522 files uncached; waiting at 16 MiB, 83-97 MiB and 5-26 files, as fast."""
 
 _COPY_PIECE: Final = 1 << 20
 """Read size when streaming a cached whole file through SHA-256: big enough that the per-call
@@ -617,15 +620,16 @@ class ContentCache:
             return None
         return data if isinstance(data, bytes) else bytes(data)
 
-    def _pin_locked(self, data: bytes | memoryview) -> bool:
-        """Count the buffer ``data`` keeps alive in the queue's bound; False (and nothing
-        counted) when it does not fit."""
+    def _pin_locked(self, data: bytes | memoryview, limit: int | None = None) -> bool:
+        """Count the buffer ``data`` keeps alive in the queue's bound (``limit``, else the
+        queue's); False (and nothing counted) when it does not fit."""
         key, size = _pinned(data)
         pin = self._pins.get(key)
         if pin is not None:
             pin[1] += 1
             return True
-        if self._queue and self._pending_bytes + size > self._max_pending:
+        bound = self._max_pending if limit is None else limit
+        if self._queue and self._pending_bytes + size > bound:
             return False
         self._pins[key] = [size, 1]
         self._pending_bytes += size
@@ -646,7 +650,8 @@ class ContentCache:
             return False
         if digest in self._pending:
             return True
-        while not self._pin_locked(data):
+        limit = self._max_pending // 2 if wait > 0 else self._max_pending
+        while not self._pin_locked(data, limit):
             if wait > 0 and self._writing and self._written != self._stuck_at:
                 done, deadline = self._written, time.monotonic() + wait
                 while self._written == done and self._writing:
