@@ -87,6 +87,26 @@ def test_a_file_read_front_to_back_is_one_entry_served_warm_without_fetching(
         assert src.fetched == 0
 
 
+def test_a_file_of_many_readahead_groups_streams_into_one_entry(tmp_path: Path) -> None:
+    """A file longer than the readahead window: every group's buffer waits in the write queue
+    while the writer appends it, the next one arrives meanwhile, and the queue's bound must hold
+    both (with 16 MiB it did not: the stream broke and 40 per-chunk entries were left, which
+    warm reads then read a third slower)."""
+    from blobfs.core._prefetch import GROUP_BYTES, READAHEAD_BYTES
+
+    size = READAHEAD_BYTES + 2 * GROUP_BYTES + 12345
+    built = build(
+        tmp_path / "src",
+        {"big.bin": incompressible(size, 11)},
+        chunk_size=MiB,
+        compression=Compression.NONE,
+    )
+    entry = Index(built.index).entry("big.bin")
+    with DiskCache(tmp_path / "c") as disk:
+        assert read(built, disk) == built.contents["big.bin"]
+        assert entries(disk) == {entry.hash.hex(): size}
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_a_damaged_whole_file_entry_is_dropped_and_its_bytes_never_served(
     tmp_path: Path, big: Built, damage: str, caplog: pytest.LogCaptureFixture
