@@ -364,3 +364,22 @@ def test_a_cache_that_cannot_be_opened_still_fails_the_registry_mount(tmp_path: 
         with _mount_cmds._registry_archive(ref, ctx, store, None) as opened:
             assert opened.read_file("a.txt") == b"a\n"
         assert (tmp_path / "cache" / "content").is_dir()
+
+
+def test_listing_attributes_never_imports_numpy_ma() -> None:
+    """``np.unique`` imports numpy.ma (about 20 ms) the first time it runs: the first listing
+    of a cold ``find`` or ``ls -lR`` paid for it. Attributes of positions in two blocks of the
+    index's attribute columns take that path."""
+    code = (
+        "import hashlib\n"
+        "from blobfs.core import Compression, Entry, Index, encode_index\n"
+        "d = hashlib.sha256(b'x').digest()\n"
+        "es = [Entry(f'd/f{i:06d}', i, 1, 1, d, 0o644, 0, 0, i, Compression.NONE)"
+        " for i in range(20000)]\n"
+        "idx = Index(encode_index(es, data_size=20000, data_hash=d))\n"
+        "cols = idx.attributes([3, 19999])\n"
+        "assert int(cols.size[1]) == 1, cols\n"
+    )
+    modules = _modules_after(code)
+    assert "numpy" in modules
+    assert "numpy.ma" not in modules

@@ -418,7 +418,8 @@ class Index:
             if not done[lo]:
                 self._fill_block(cols, lo)
         else:
-            for b in np.unique(pos >> _ATTR_BLOCK_BITS).tolist():
+            # Not np.unique: it imports numpy.ma (~20 ms) the first time it runs.
+            for b in sorted(set((pos >> _ATTR_BLOCK_BITS).tolist())):
                 if not done[b]:
                     self._fill_block(cols, b)
         return cols.take(pos)
