@@ -244,11 +244,9 @@ def _registry_archive(
     from ..fuse._counting import FetchCounter
 
     client = make_client(ctx, credentials=store, policy=policy)
-    cache = None
+    cache: CountingCache | None = None
     try:
-        counter = FetchCounter()
-        if ctx.use_cache:
-            cache, counter = _mount_caches(ctx)
+        cache, counter = _mount_caches(ctx) if ctx.use_cache else (None, FetchCounter())
         archive = client.registry.pull(
             Reference.parse(ref, default_tag="latest"),
             max_file_size=ctx.max_file_size,

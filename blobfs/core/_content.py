@@ -18,12 +18,12 @@ read path's rules (ARCHITECTURE.md section 3):
   the queue is full is not stored (counted in :attr:`ContentCache.dropped`): a read never
   waits for the cache's disk, which on some file systems creates files at a few hundred a
   second (ext4 without a journal scans recently deleted inodes on every create), far fewer
-  than a tree of small files is read. Loaders working *ahead* of the reads (readahead groups,
-  batches of small files) pass ``wait``: they wait for room while the writer makes progress,
-  so a disk a little slower than the network slows the loading ahead instead of leaving
-  content out of the cache (a 10,000-file tree read lost 250-1,500 files that way); a writer
-  stuck for ``wait`` seconds makes them drop too. :meth:`ContentCache.stop_write_behind`
-  stores what is pending.
+  than a tree of small files is read. Loaders working *ahead* of the reads (the batches of
+  small files, ``_scan.py``) pass ``wait``: they wait, while the queue is over half its bound,
+  as long as the writer makes progress, so a disk a little slower than the network slows the
+  loading ahead instead of leaving content out of the cache (a 10,000-file tree read lost
+  250-1,500 files that way); a writer stuck for ``wait`` seconds makes them drop too.
+  :meth:`ContentCache.stop_write_behind` stores what is pending.
 
 Keys are content digests (the entry's ``hash`` for a whole file, ``chunk_hash(k)`` for a chunk),
 so identical content is shared by every archive using the same cache.
@@ -561,9 +561,9 @@ class ContentCache:
         """Store verified ``data`` under ``digest``; failures are logged, never raised. With
         write-behind on, the writer thread stores it (see the module docstring); a view must
         then stay unchanged until it is stored (the read path's views are of buffers nothing
-        writes again). ``wait``: when the queue is full, wait for room as long as the writer
-        finishes an operation every ``wait`` seconds (loaders working ahead of the reads; a
-        reader's own thread passes 0 and never waits)."""
+        writes again). ``wait``: while the queue is over half its bound, wait for room as long
+        as the writer finishes an operation every ``wait`` seconds (loaders working ahead of
+        the reads; a reader's own thread passes 0 and never waits)."""
         if not self.fits(len(data)):
             return
         if self._max_pending:

@@ -13,10 +13,9 @@ Detection: :meth:`ScanAhead.opened` gets the index position of every file opened
 :data:`AHEAD_BYTES` of payload scheduled past its last open, as the program advances, once
 readers took :data:`PROOF` files from the stream's first (small) batch: files opened in order
 that the kernel's page cache answers are never read, and stray reads among them must not each
-set off megabytes of loading (the mount reports a file at its first read, not at its open). Up
-to
-:data:`STREAMS` streams are followed (programs reading different subtrees at once); a new one
-replaces the least recently advanced. One file opened alone starts nothing: a cold read of one
+set off megabytes of loading (the mount reports a file at its first read, not at its open).
+Up to :data:`STREAMS` streams are followed (programs reading different subtrees at once); a new
+one replaces the least recently advanced. One file opened alone starts nothing: a cold read of one
 file fetches that file only.
 
 Batches (planned on the caller's thread from the index alone, no I/O): consecutive files whose
