@@ -32,6 +32,7 @@ from blobfs.core import (
     create_blob,
     open_file,
 )
+from blobfs.core._decode import Buffer
 from blobfs.core.cache import MemoryCache
 from blobfs.errors import (
     BlobfsError,
@@ -713,6 +714,76 @@ async def test_reading_files_in_order_loads_the_next_ones_in_batches(
         for path in sorted(p for p in tree[1] if not p.startswith(("many/", "a"))):
             assert await cat(path) == tree[1][path]
     assert src.requests <= 12
+
+
+async def _until_loaded(archive: Archive, path: str) -> None:
+    """Wait (at most 5 s) until loading ahead holds the verified content of ``path``."""
+    entry = archive.index.entry(path)
+    with trio.fail_after(5):
+        while not archive._scan.ready(entry):  # noqa: ASYNC110 (set by a pool thread)
+            await trio.sleep(0.001)
+
+
+@pytest.mark.trio
+async def test_opening_a_file_loaded_ahead_stores_it_in_the_page_cache(
+    archive_dir: Path, tree: tuple[Path, dict[str, bytes]]
+) -> None:
+    """A file whose verified content loading ahead holds is handed to the kernel's page cache
+    when it is opened (``push``), and counts as read for loading ahead: the program's reads
+    are answered by the kernel, so no read reports it. Not while another handle of the file is
+    open (a read in progress holds its pages locked), and never again once the kernel has no
+    such call."""
+    files = tree[1]
+    index = (archive_dir / "index.blob").read_bytes()
+    src = _Requests((archive_dir / "data.blob").read_bytes())
+    pushed: dict[int, bytes] = {}
+    fail: list[OSError] = []
+
+    def push(ino: int, data: Buffer) -> None:
+        if fail:
+            raise fail[0]
+        assert ino not in pushed
+        pushed[ino] = bytes(data)
+
+    with Archive(index, src, cache=MemoryCache()) as archive:
+        fs = ArchiveFS(archive, SourceInfo("x"), push=push)
+
+        async def cat(path: str, *, wait: bool = True) -> None:
+            if wait:
+                await _until_loaded(archive, path)
+            ino = _ino(fs, path)
+            fh = fs.open(ino, os.O_RDONLY)
+            try:
+                if ino not in pushed:  # else the kernel answers from its page cache
+                    assert bytes(await fs.read(fh, 0, 1 << 20)) == files[path]
+            finally:
+                await fs.release(fh)
+
+        names = [f"many/f{i:03d}" for i in range(100)]
+        early = fs.open(_ino(fs, names[90]), os.O_RDONLY)  # before anything is loaded
+        for name in names[:2]:  # nothing loaded ahead yet: read through the daemon
+            await cat(name, wait=False)
+        for name in names[2:90]:
+            await cat(name)
+        # Open already: its content stays with loading ahead, for the reads of that handle.
+        await _until_loaded(archive, names[90])
+        await cat(names[90], wait=False)
+        await fs.release(early)
+        assert _ino(fs, names[90]) not in pushed
+
+        assert {_ino(fs, n): files[n] for n in names[2:90]} == pushed
+        assert fs.stats.pushes == 88
+        assert fs.stats.bytes_pushed == sum(len(files[n]) for n in names[2:90])
+        assert fs.stats.reads == 3
+        assert src.requests <= 8  # the opens kept the scan going: batches, not files
+
+        # A kernel without the call: the file is read the ordinary way, and pushing stops.
+        fail.append(OSError(errno.ENOSYS, "not supported"))
+        await cat(names[91])
+        fail.clear()
+        await cat(names[92])
+        assert fs.stats.pushes == 88
+        assert fs.stats.reads == 5
 
 
 @pytest.mark.trio

@@ -436,6 +436,10 @@ def cmd_status(args: argparse.Namespace, ctx: Ctx) -> int:
         ("files", f"{doc.get('files')} in {doc.get('directories')} directories"),
         ("read", f"{human_size(int(doc.get('bytes_read') or 0))} in {doc.get('reads')} reads"),
         (
+            "stored ahead",
+            f"{human_size(int(doc.get('bytes_pushed') or 0))} in {doc.get('pushes') or 0} files",
+        ),
+        (
             "fetched",
             "-"
             if fetched is None

@@ -23,6 +23,7 @@ from ._aio import checkpoint, run_sync_in_thread
 from ._batch import aprefetch, plan_batches, prefetch
 from ._closing import Closing, SupportsClose
 from ._content import ContentCache
+from ._decode import Buffer
 from ._file import ArchiveFile, AsyncArchiveFile
 from ._index import Index
 from ._prefetch import ReadaheadPool
@@ -147,6 +148,13 @@ class Archive(Closing):
         them loaded in batches ahead of it (``_scan.py``), each verified, and handed to
         :meth:`open`'s file objects. Cheap, no I/O; a hint, never an error."""
         self._scan.opened(position)
+
+    def loaded_ahead(self, entry: Entry) -> Buffer | None:
+        """The verified content of ``entry`` (from this archive's index) if loading ahead
+        (:meth:`note_open`) has it in memory now, handed over: a later read of the file no
+        longer finds it there. None when it is not loaded (yet); never waits, no I/O. The mount
+        gives such content to the kernel's page cache when the file is opened."""
+        return self._scan.take(entry)
 
     def write_cache_behind(self) -> None:
         """Store content in the content cache from a writer thread instead of the reading

@@ -13,7 +13,8 @@ Detection: :meth:`ScanAhead.opened` gets the index position of every file opened
 :data:`AHEAD_BYTES` of payload scheduled past its last open, as the program advances, once
 readers took :data:`PROOF` files from the stream's first (small) batch: files opened in order
 that the kernel's page cache answers are never read, and stray reads among them must not each
-set off megabytes of loading (the mount reports a file at its first read, not at its open).
+set off megabytes of loading (the mount reports a file at its first read, not at its open,
+unless the open itself takes the file's loaded content: :meth:`ScanAhead.take`).
 Up to :data:`STREAMS` streams are followed (programs reading different subtrees at once); a new
 one replaces the least recently advanced. One file opened alone starts nothing: a cold read of one
 file fetches that file only.
@@ -204,10 +205,25 @@ class ScanAhead:
                 return None
             if not batch.future.done():
                 return batch.future
-            del self._by_hash[entry.hash]
-            data = batch.results.pop(entry.hash, None)
-            batch.claimed += 1
+            data = self._hand_over_locked(batch, entry)
         return data if data is not None and len(data) == entry.original_size else None
+
+    def take(self, entry: Entry) -> Buffer | None:
+        """The verified content of ``entry`` if a batch has it loaded now, handed over as
+        :meth:`claim` hands it over; None otherwise (never a future: the caller does not wait)."""
+        if not self._by_hash:
+            return None
+        with self._lock:
+            batch = self._by_hash.get(entry.hash)
+            if batch is None or not batch.future.done() or entry.hash not in batch.results:
+                return None
+            data = self._hand_over_locked(batch, entry)
+        return data if data is not None and len(data) == entry.original_size else None
+
+    def _hand_over_locked(self, batch: _Batch, entry: Entry) -> Buffer | None:
+        del self._by_hash[entry.hash]
+        batch.claimed += 1
+        return batch.results.pop(entry.hash, None)
 
     def ready(self, entry: Entry) -> bool:
         """Whether :meth:`claim` would hand over the content of ``entry`` now (no waiting)."""

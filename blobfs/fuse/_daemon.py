@@ -32,6 +32,7 @@ import pyfuse3
 import trio
 
 from ..core import Archive
+from ..core._decode import Buffer
 from ..errors import BlobfsError, MountError
 from ._detach import ReadyPipe, detach
 from ._fs import ArchiveFS
@@ -123,6 +124,7 @@ def mount(
             gid=options.gid,
             umask=options.umask,
             mountpoint=mountpoint,
+            push=_store_in_page_cache,
         )
         daemon = _Daemon(fs, mountpoint, options, pipe, on_ready, reload)
         # What exists now (modules, the index) lives as long as the mount: out of the cyclic
@@ -135,6 +137,14 @@ def mount(
             gc.unfreeze()
     finally:
         archive.close()
+
+
+def _store_in_page_cache(ino: int, content: Buffer) -> None:
+    """The whole verified content of file ``ino`` into the kernel's page cache (it is open, so
+    the kernel knows the inode); the GIL is released while the kernel copies it."""
+    # Any contiguous buffer (PyObject_GetBuffer), not only the bytes its stub says: a view of
+    # verified content goes to the kernel without a copy (as read replies do, _ops.py).
+    pyfuse3.notify_store(ino, 0, content)  # type: ignore[arg-type]
 
 
 def _is_user_error(e: BaseException) -> bool:

@@ -42,7 +42,16 @@ class SourceInfo:
 class MountStats:
     """Counters of one mount since it started (event-loop thread only)."""
 
-    __slots__ = ("bytes_read", "errors", "lookups", "opens", "reads", "started")
+    __slots__ = (
+        "bytes_pushed",
+        "bytes_read",
+        "errors",
+        "lookups",
+        "opens",
+        "pushes",
+        "reads",
+        "started",
+    )
 
     def __init__(self) -> None:
         self.started = time.time()
@@ -50,6 +59,8 @@ class MountStats:
         self.opens = 0
         self.reads = 0
         self.bytes_read = 0
+        self.pushes = 0  # files stored in the kernel's page cache at open (ArchiveFS.open)
+        self.bytes_pushed = 0
         self.errors = 0
 
     def snapshot(
@@ -87,6 +98,8 @@ class MountStats:
             "opens": self.opens,
             "reads": self.reads,
             "bytes_read": self.bytes_read,
+            "pushes": self.pushes,
+            "bytes_pushed": self.bytes_pushed,
             "errors": self.errors,
             "bytes_fetched": getattr(fetch, "source_bytes", None),
             "fetch_requests": getattr(fetch, "source_requests", None),
