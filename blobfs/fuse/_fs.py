@@ -133,7 +133,8 @@ class ArchiveFS:
     10.3-11.4 s without a content cache; with one, whose disk writes then set the pace,
     13.4-13.8 s instead of 14.3 s). Only
     with no handle open: a read in progress holds its pages locked until it is answered, and
-    this event loop is the one to answer it. A push that fails leaves the file to the read path
+    this event loop is the one to answer it; not for an ``O_DIRECT`` open, whose reads bypass
+    the page cache. A push that fails leaves the file to the read path
     (which fetches it again); a kernel without the call turns pushing off.
     """
 
@@ -365,7 +366,7 @@ class ArchiveFS:
         readers = self._open.get(ino)
         if readers is None:
             entry = self.archive.index.entry_at(node.pos)
-            if self._push is not None:
+            if self._push is not None and not flags & os.O_DIRECT:  # O_DIRECT: no page cache
                 self._push_loaded(node, entry)
             readers = self._open[ino] = Readers(self.archive, entry)
         readers.refs += 1
