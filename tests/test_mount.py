@@ -564,6 +564,18 @@ def test_registry_outage_gives_eio_then_reads_resume(
             again.wait()
 
 
+def _pushed_sample(
+    registry: tuple[LocalRegistry, Path], sample: tuple[Path, dict[str, bytes]]
+) -> tuple[str, dict[str, bytes], list[str]]:
+    """The sample pushed to the registry: its reference, its files, the names under many/."""
+    reg, _ = registry
+    archive, files = sample
+    ref = f"{reg.host}/sample/data:v1"
+    with Registry() as client:
+        client.push(ref, archive)
+    return ref, files, sorted(n for n in files if n.startswith("many/"))
+
+
 def test_files_held_by_the_page_cache_load_nothing_ahead(
     tmp_path: Path, registry: tuple[LocalRegistry, Path], sample: tuple[Path, dict[str, bytes]]
 ) -> None:
@@ -572,12 +584,7 @@ def test_files_held_by_the_page_cache_load_nothing_ahead(
     are opened but never read, so nothing may be loaded ahead either (the daemon used to load
     and verify batches of cached content on every open, a quarter of its time in a hot
     ``find | xargs cat``)."""
-    reg, _ = registry
-    archive, files = sample
-    ref = f"{reg.host}/sample/data:v1"
-    with Registry() as client:
-        client.push(ref, archive)
-    names = sorted(n for n in files if n.startswith("many/"))
+    ref, files, names = _pushed_sample(registry, sample)
     with mounted([ref], tmp_path / "mnt") as m:
         for name in names:
             assert (m.path / name).read_bytes() == files[name]
@@ -602,12 +609,7 @@ def test_concurrent_readers_while_files_are_stored_ahead(
     """Programs reading ``many/`` in order (so files loaded ahead are stored in the page cache
     at their opens) while threads open and read the same files at random: no wrong byte, no
     error, no hang."""
-    reg, _ = registry
-    archive, files = sample
-    ref = f"{reg.host}/sample/data:v1"
-    with Registry() as client:
-        client.push(ref, archive)
-    names = sorted(n for n in files if n.startswith("many/"))
+    ref, files, names = _pushed_sample(registry, sample)
     with mounted([ref], tmp_path / "mnt") as m:
         stop = threading.Event()
 
@@ -635,7 +637,7 @@ def test_concurrent_readers_while_files_are_stored_ahead(
             finally:
                 stop.set()
             assert sum(f.result() for f in futures) == 0
-        got = dict(reversed(line.split(None, 1)) for line in out.splitlines())
+        got = {path: digest for digest, path in (line.split(None, 1) for line in out.splitlines())}
         assert got == {os.fspath(m.path / n): hashlib.sha256(files[n]).hexdigest() for n in names}
         doc = m.stats()
         assert doc["pushes"] > 0
