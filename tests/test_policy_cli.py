@@ -221,3 +221,39 @@ def test_cp_from_a_reference_with_a_policy(
     rc, _, err = run(capsysbinary, "cp", f"{local}:/x", str(tmp_path / "y"), "--key", pub)
     assert rc == 2
     assert "registry references" in err
+
+
+def test_ls_tree_cat_of_a_reference_with_a_policy(
+    reg: LocalRegistry, tmp_path: Path, capsysbinary: Capture
+) -> None:
+    """``ls``/``tree``/``cat REF --key``/``--policy``: refused (exit 5, one line, nothing on
+    stdout) until signed, then served as without; a local archive with ``--key`` is a usage
+    error."""
+    ref = pushed(reg, tmp_path, capsysbinary)
+    run_json(capsysbinary, "keygen", str(tmp_path / "k"))
+    pub = str(tmp_path / "k.pub")
+    commands = (["ls", ref], ["tree", ref], ["cat", ref, "hello.txt"])
+    for argv in commands:
+        rc, out, err = run(capsysbinary, *argv, "--key", pub)
+        assert rc == 5, argv
+        assert out == ""
+        assert err.count("\n") == 1
+        assert "no signature is attached" in err
+    run_json(capsysbinary, "sign", ref, "--key", str(tmp_path / "k.key"))
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        f'[[rules]]\nmatch = "{reg.host}/cli/*"\n[rules.signature]\nkeys = ["k.pub"]\n'
+    )
+    for argv in commands:
+        for trust in (["--key", pub], ["--policy", str(policy)]):
+            assert run(capsysbinary, *argv, *trust) == run(capsysbinary, *argv), (argv, trust)
+    rc, out, _ = run(capsysbinary, "cat", ref, "hello.txt", "--policy", str(policy))
+    assert rc == 0
+    assert out.startswith("hello ")
+    local = tmp_path / "local"
+    (tmp_path / "src-for-local").mkdir()
+    rc, _, err = run(capsysbinary, "create", str(tmp_path / "src-for-local"), str(local))
+    assert rc == 0, err
+    rc, _, err = run(capsysbinary, "ls", str(local), "--key", pub)
+    assert rc == 2
+    assert "registry references" in err

@@ -18,7 +18,7 @@ from ..core import (
     VerifyProgress,
     normalize_path,
 )
-from ._common import Ctx, archive_and_rest, display_path, open_archive
+from ._common import Ctx, archive_and_rest, display_path, open_archive, requested_policy
 from ._output import CliError, format_mode, format_mtime, human_size
 from ._progress import MIN_PROGRESS_BYTES, ProgressBar
 
@@ -51,7 +51,7 @@ class _Row:
 
 def cmd_ls(args: argparse.Namespace, ctx: Ctx) -> int:
     spec, rest = archive_and_rest(args, args.positionals, min_rest=0, max_rest=1)
-    with open_archive(spec, ctx) as ar:
+    with open_archive(spec, ctx, requested_policy(args, [spec])) as ar:
         norm = normalize_path(rest[0] if rest else "")
         st = ar.stat(norm)
         rows: list[_Row] = []
@@ -191,7 +191,7 @@ def cmd_tree(args: argparse.Namespace, ctx: Ctx) -> int:
     if level < 0:
         raise CliError("-L/--level must be 0 (unlimited) or more")
     acc = _TreeCounts()
-    with open_archive(spec, ctx) as ar:
+    with open_archive(spec, ctx, requested_policy(args, [spec])) as ar:
         norm = normalize_path(rest[0] if rest else "")
         st = ar.stat(norm)
         is_dir = isinstance(st, DirInfo)
@@ -234,7 +234,7 @@ def cmd_tree(args: argparse.Namespace, ctx: Ctx) -> int:
 
 def cmd_cat(args: argparse.Namespace, ctx: Ctx) -> int:
     spec, rest = archive_and_rest(args, args.positionals, min_rest=1, max_rest=None)
-    with open_archive(spec, ctx) as ar:
+    with open_archive(spec, ctx, requested_policy(args, [spec])) as ar:
         # Every path is checked before the first byte goes out, so a typo in the third name
         # does not leave two files' worth of output in a pipe.
         paths: list[str] = []

@@ -505,6 +505,18 @@ CacheOpener: TypeAlias = "Callable[[Ctx], tuple[ClosingCache, ClosingBlockCache]
 where the block cache does (:func:`open_caches`, or the mount's own)."""
 
 
+def requested_policy(args: argparse.Namespace, specs: list[ArchiveSpec]) -> ManifestPolicy | None:
+    """The trust policy of ``--policy FILE``/``--key PUB`` (:func:`add_policy_options`), None
+    without them; a usage error unless every archive in ``specs`` is a registry reference."""
+    if not args.policy and not args.verify_key:
+        return None
+    if any(spec.reference is None for spec in specs):
+        usage_error(args, "--policy/--key apply to registry references only")
+    from ._trust_cmds import policy_of  # the trust modules only when asked for
+
+    return policy_of(args)[0]
+
+
 def open_archive(
     spec: ArchiveSpec,
     ctx: Ctx,

@@ -34,6 +34,7 @@ from ._common import (
     Ctx,
     archive_and_rest,
     open_archive,
+    requested_policy,
     usage_error,
 )
 from ._output import CliError, human_size
@@ -132,13 +133,7 @@ def cmd_cp(args: argparse.Namespace, ctx: Ctx) -> int:
     if dest.exists() and not dest.is_dir() and many:
         raise CliError(f"{dest}: copying several sources needs DEST to be a directory")
 
-    policy = None
-    if args.policy or args.verify_key:
-        if any(src.spec.reference is None for src in sources):
-            usage_error(args, "--policy/--key apply to registry references (REF:/PATH) only")
-        from ._trust_cmds import policy_of  # the trust modules only when asked for
-
-        policy, _ = policy_of(args)
+    policy = requested_policy(args, [src.spec for src in sources])
     out = ctx.out
     copied = 0
     copied_bytes = 0

@@ -152,6 +152,16 @@ def _zstd_level_arg(text: str) -> int:
     return n
 
 
+def _read_policy_options(p: argparse.ArgumentParser, verb: str) -> None:
+    """``--policy``/``--key`` of a command reading an archive (``ls``, ``tree``, ``cat``)."""
+    add_policy_options(
+        p,
+        policy_help=f"{verb} a REF only if it satisfies the trust policy FILE (repeatable); "
+        "exit 5 when it is refused",
+        key_help=f"{verb} a REF only if it is signed by public key PUB (repeatable)",
+    )
+
+
 def _positive_int(text: str) -> int:
     try:
         n = int(text)
@@ -375,35 +385,40 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "ls",
         _handler("cmd_ls"),
         "list a directory of the archive (or one file)",
-        "[-l] [-h] [--digest] (ARCHIVE | --index FILE --data FILE) [PATH]",
+        "[-l] [-h] [--digest] (ARCHIVE | REF [--policy FILE] [--key PUB] "
+        "| --index FILE --data FILE) [PATH]",
         add_help=False,
     )
     p.add_argument("positionals", nargs="*", metavar="[ARCHIVE] [PATH]", help=archive_help)
     p.add_argument("-l", "--long", action="store_true", help="mode, size, mtime and name")
     p.add_argument("-h", "--human", action="store_true", help="sizes as 1.5 KiB, 3.0 MiB")
     p.add_argument("--digest", action="store_true", help="with -l: a short SHA-256 column")
+    _read_policy_options(p, "list")
 
     # tree
     p = add(
         "tree",
         _handler("cmd_tree"),
         "draw the directory tree of the archive",
-        "[-L N] [--dirsfirst] (ARCHIVE | --index FILE --data FILE) [PATH]",
+        "[-L N] [--dirsfirst] (ARCHIVE | REF [--policy FILE] [--key PUB] "
+        "| --index FILE --data FILE) [PATH]",
     )
     p.add_argument("positionals", nargs="*", metavar="[ARCHIVE] [PATH]", help=archive_help)
     p.add_argument(
         "-L", "--level", type=_positive_int, default=0, metavar="N", help="depth (0 = all)"
     )
     p.add_argument("--dirsfirst", action="store_true", help="list directories before files")
+    _read_policy_options(p, "draw")
 
     # cat
     p = add(
         "cat",
         _handler("cmd_cat"),
         "write files of the archive to stdout, verified",
-        "(ARCHIVE | --index FILE --data FILE) PATH...",
+        "(ARCHIVE | REF [--policy FILE] [--key PUB] | --index FILE --data FILE) PATH...",
     )
     p.add_argument("positionals", nargs="*", metavar="[ARCHIVE] PATH", help=archive_help)
+    _read_policy_options(p, "write")
 
     # cp
     p = add(
