@@ -127,15 +127,16 @@ class ArchiveFS:
 
     ``push(ino, content)`` (the daemon's: ``pyfuse3.notify_store``) stores verified content in
     the kernel's page cache. Opening a file that loading ahead already holds, verified, while
-    no handle of it is open, pushes it there before the open is answered, and reports the open
-    to the archive: the program's reads are then answered by the kernel (``keep_cache``), with
-    no read request (a cold ``find | xargs cat`` of 10,000 files took 8.2-9.1 s instead of
-    10.3-11.4 s without a content cache; with one, whose disk writes then set the pace,
-    13.4-13.8 s instead of 14.3 s). Only
-    with no handle open: a read in progress holds its pages locked until it is answered, and
-    this event loop is the one to answer it; not for an ``O_DIRECT`` open, whose reads bypass
-    the page cache. A push that fails leaves the file to the read path
-    (which fetches it again); a kernel without the call turns pushing off.
+    no handle of it is open, pushes it there before the open is answered (on the event loop: a
+    copy of at most a batched file, 4 MiB) and reports the open to the archive: the program's
+    reads are then answered by the kernel (``keep_cache``), with no read request (a cold
+    ``find | xargs cat`` of 10,000 files took 8.2-9.1 s instead of 10.3-11.4 s without a
+    content cache; with one, whose disk writes then set the pace, 13.4-13.8 s instead of
+    14.3 s). Only with no handle open: a read in progress holds its pages locked until it is
+    answered, and this event loop is the one to answer it. Not for an ``O_DIRECT`` open, whose
+    reads bypass the page cache. A push that fails leaves the file to the read path (which
+    finds it in the content cache or fetches it again); a kernel without the call turns
+    pushing off.
     """
 
     def __init__(
