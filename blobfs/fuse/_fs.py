@@ -134,9 +134,12 @@ class ArchiveFS:
     content cache; with one, whose disk writes then set the pace, 13.4-13.8 s instead of
     14.3 s). Only with no handle open: a read in progress holds its pages locked until it is
     answered, and this event loop is the one to answer it. Not for an ``O_DIRECT`` open, whose
-    reads bypass the page cache. A push that fails leaves the file to the read path (which
-    finds it in the content cache or fetches it again); a kernel without the call turns
-    pushing off.
+    reads bypass the page cache, nor for a file whose whole content already went to the kernel
+    (pushed, or read up to its end): a tree read again through the mount is answered by the
+    page cache, and a stray read among it (the kernel reads back a page now and then) must not
+    set off loading and pushing again what is cached. A push that fails leaves the file to the
+    read path (which finds it in the content cache or fetches it again); a kernel without the
+    call turns pushing off.
     """
 
     def __init__(
@@ -178,6 +181,9 @@ class ArchiveFS:
         self._next_fh = 1
         self._scan = not isinstance(archive.source, FileSource)
         self._push = push if self._scan else None
+        # One bit per file: its whole content went to the kernel (pushed, or read up to its
+        # end), so its pages are probably still cached: not pushed again (see _push_loaded).
+        self._in_kernel = bytearray((len(archive.index) + 7) // 8) if self._push else None
         self._source_text = source.pinned.encode("utf-8", "surrogateescape")
         self.bare_files = False
         """Whether listings may give files by name and inode number only (see :meth:`readdir`;
@@ -367,7 +373,11 @@ class ArchiveFS:
         readers = self._open.get(ino)
         if readers is None:
             entry = self.archive.index.entry_at(node.pos)
-            if self._push is not None and not flags & os.O_DIRECT:  # O_DIRECT: no page cache
+            if (
+                self._push is not None
+                and not flags & os.O_DIRECT  # its reads bypass the page cache
+                and not self._was_in_kernel(node.pos)
+            ):
                 self._push_loaded(node, entry)
             readers = self._open[ino] = Readers(self.archive, entry)
         readers.refs += 1
@@ -389,6 +399,7 @@ class ArchiveFS:
             logger.debug("%s: not stored in the page cache: %s", self.describe(node.ino), e)
             return
         self.archive.note_open(node.pos)  # the kernel answers the reads: no read reports it
+        self._mark_in_kernel(node.pos)
         stats = self.stats
         stats.pushes += 1
         stats.bytes_pushed += len(data)
@@ -409,10 +420,21 @@ class ArchiveFS:
         if offset == 0 and self._scan:
             self.archive.note_open(h.node.pos)
         data = await readers.read(offset, n)
+        if offset + len(data) == readers.entry.original_size:
+            self._mark_in_kernel(h.node.pos)
         stats = self.stats
         stats.reads += 1
         stats.bytes_read += len(data)
         return data
+
+    def _mark_in_kernel(self, pos: int) -> None:
+        bits = self._in_kernel
+        if bits is not None:
+            bits[pos >> 3] |= 1 << (pos & 7)
+
+    def _was_in_kernel(self, pos: int) -> bool:
+        bits = self._in_kernel
+        return bits is not None and bool(bits[pos >> 3] & (1 << (pos & 7)))
 
     async def release(self, fh: int) -> None:
         h = self._handles.pop(fh, None)
