@@ -6,6 +6,7 @@ nothing (what was written is stored as chunk entries)."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -55,16 +56,40 @@ def entries(disk: DiskCache) -> dict[str, int]:
     return out
 
 
-def read(big: Built, disk: DiskCache, pieces: int | None = None, step: int = MiB) -> bytes:
+def read(
+    big: Built,
+    disk: DiskCache,
+    pieces: int | None = None,
+    step: int = MiB,
+    *,
+    catch_up: bool = False,
+) -> bytes:
     """Read big.bin from the start in ``step`` pieces (all, or ``pieces`` of them) through an
-    archive writing the cache behind, as the mount does; the archive is closed after."""
+    archive writing the cache behind, as the mount does; the archive is closed after. With
+    ``catch_up``, the writer catches up to the last piece after each one (a disk as fast as
+    the reader, whatever the machine's load)."""
     src = Counting(big.data)
     archive = Archive(big.index, src, cache=disk)
     archive.write_cache_behind()
+    content = archive._cache
+    assert content is not None
+    out = []
     with archive, archive.open("big.bin") as f:
-        if pieces is None:
-            return b"".join(iter(lambda: f.read(step), b""))
-        return b"".join(f.read(step) for _ in range(pieces))
+        for _ in itertools.count() if pieces is None else range(pieces):
+            piece = f.read(step)
+            if not piece:
+                break
+            out.append(piece)
+            if catch_up:
+                _until_written_but(content, 1)
+    return b"".join(out)
+
+
+def _until_written_but(content: ContentCache, left: int) -> None:
+    """Wait until the write-behind queue of ``content`` holds at most ``left`` operations."""
+    with content._cond:
+        while len(content._queue) > left and content._writing:
+            content._cond.wait(1)
 
 
 def test_a_file_read_front_to_back_is_one_entry_served_warm_without_fetching(
@@ -87,13 +112,6 @@ def test_a_file_read_front_to_back_is_one_entry_served_warm_without_fetching(
         assert src.fetched == 0
 
 
-def _until_written_but(content: ContentCache, left: int) -> None:
-    """Wait until the write-behind queue of ``content`` holds at most ``left`` operations."""
-    with content._cond:
-        while len(content._queue) > left and content._writing:
-            content._cond.wait(1)
-
-
 def test_a_file_of_many_readahead_groups_streams_into_one_entry(tmp_path: Path) -> None:
     """A file longer than the readahead window: every group's buffer waits in the write queue
     while the writer appends it, the next one arrives meanwhile, and the queue's bound must hold
@@ -112,16 +130,7 @@ def test_a_file_of_many_readahead_groups_streams_into_one_entry(tmp_path: Path) 
     )
     entry = Index(built.index).entry("big.bin")
     with DiskCache(tmp_path / "c") as disk:
-        archive = Archive(built.index, Counting(built.data), cache=disk)
-        archive.write_cache_behind()
-        content = archive._cache
-        assert content is not None
-        pieces = []
-        with archive, archive.open("big.bin") as f:
-            while piece := f.read(MiB):
-                pieces.append(piece)
-                _until_written_but(content, 1)
-        assert b"".join(pieces) == built.contents["big.bin"]
+        assert read(built, disk, catch_up=True) == built.contents["big.bin"]
         assert entries(disk) == {entry.hash.hex(): size}
 
 
