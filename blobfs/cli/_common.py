@@ -505,16 +505,23 @@ CacheOpener: TypeAlias = "Callable[[Ctx], tuple[ClosingCache, ClosingBlockCache]
 where the block cache does (:func:`open_caches`, or the mount's own)."""
 
 
-def requested_policy(args: argparse.Namespace, specs: list[ArchiveSpec]) -> ManifestPolicy | None:
-    """The trust policy of ``--policy FILE``/``--key PUB`` (:func:`add_policy_options`), None
-    without them; a usage error unless every archive in ``specs`` is a registry reference."""
+def requested_trust(args: argparse.Namespace) -> tuple[ManifestPolicy | None, list[str]]:
+    """The trust policy of ``--policy FILE``/``--key PUB`` (:func:`add_policy_options`) and
+    the names of its parts; ``(None, [])`` without them."""
     if not args.policy and not args.verify_key:
-        return None
-    if any(spec.reference is None for spec in specs):
-        usage_error(args, "--policy/--key apply to registry references only")
-    from ._trust_cmds import policy_of  # the trust modules only when asked for
+        return None, []
+    # Only when asked for: the trust modules cost a plain command ~130 ms of start-up.
+    from ._trust_cmds import policy_of
 
-    return policy_of(args)[0]
+    return policy_of(args)
+
+
+def requested_policy(args: argparse.Namespace, specs: list[ArchiveSpec]) -> ManifestPolicy | None:
+    """The policy of :func:`requested_trust`; a usage error when one is asked for and an
+    archive in ``specs`` is not a registry reference."""
+    if (args.policy or args.verify_key) and any(spec.reference is None for spec in specs):
+        usage_error(args, "--policy/--key apply to registry references only")
+    return requested_trust(args)[0]
 
 
 def open_archive(

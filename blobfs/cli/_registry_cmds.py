@@ -28,16 +28,20 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core import Compression, CreateProgress, extract
 from ._archive_cmds import cmd_inspect
-from ._common import Ctx, make_client, parse_reference, reference_arg, usage_error
+from ._common import (
+    Ctx,
+    make_client,
+    parse_reference,
+    reference_arg,
+    requested_trust,
+    usage_error,
+)
 from ._output import CliError, human_size
 from ._progress import ProgressBar
-
-if TYPE_CHECKING:
-    from ..registry import ManifestPolicy
 
 __all__ = ["cmd_inspect_any", "cmd_pull", "cmd_push", "cmd_tag"]
 
@@ -104,13 +108,7 @@ def cmd_pull(args: argparse.Namespace, ctx: Ctx) -> int:
     if dest.exists() and not dest.is_dir():
         raise CliError(f"{dest}: exists and is not a directory")
     out = ctx.out
-    policy: ManifestPolicy | None = None
-    policies: list[str] = []
-    if args.policy or args.verify_key:
-        # Here, not at the top: the trust modules cost a plain pull ~130 ms of start-up.
-        from ._trust_cmds import policy_of
-
-        policy, policies = policy_of(args)
+    policy, policies = requested_trust(args)
     # The registry alone (its manifest/index caches and policy), not the client's content and
     # block caches: a full extraction reads each byte once and writes it out, so storing it in
     # a cache too would double the disk writes for nothing. A policy refuses the manifest before
