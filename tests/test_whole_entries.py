@@ -9,6 +9,8 @@ import hashlib
 import itertools
 import logging
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -132,6 +134,89 @@ def test_a_file_of_many_readahead_groups_streams_into_one_entry(tmp_path: Path) 
     with DiskCache(tmp_path / "c") as disk:
         assert read(built, disk, catch_up=True) == built.contents["big.bin"]
         assert entries(disk) == {entry.hash.hex(): size}
+
+
+def _long_file(tmp_path: Path, compression: Compression) -> tuple[Built, int]:
+    """A file of more readahead groups than a window holds, in 1 MiB chunks."""
+    from blobfs.core._prefetch import GROUP_BYTES, READAHEAD_BYTES
+
+    size = READAHEAD_BYTES + 2 * GROUP_BYTES + 12345
+    built = build(
+        tmp_path / "src",
+        {"big.bin": incompressible(size, 13)},
+        chunk_size=MiB,
+        compression=compression,
+    )
+    return built, size
+
+
+@pytest.mark.parametrize("compression", [Compression.NONE, Compression.ZSTD])
+def test_a_disk_slower_than_the_reader_slows_the_readahead_and_caches_it_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: Compression
+) -> None:
+    """The cache's disk appends a MiB in 15 ms (70 MB/s) while the reader reads from memory
+    as fast as it can: the readahead groups ahead of the reader wait for room in the write
+    queue (set aside before they load), so the whole file still streams into one entry and
+    nothing is dropped; without that the stream broke and chunks went uncached. The room set
+    aside is all given back at the end."""
+    from blobfs.core.cache.disk import EntryWriter
+
+    built, size = _long_file(tmp_path, compression)
+    entry = Index(built.index).entry("big.bin")
+    write = EntryWriter.write
+
+    def slow_write(self: EntryWriter, data: bytes | memoryview) -> bool:
+        time.sleep(0.015 * len(data) / MiB)
+        return write(self, data)
+
+    monkeypatch.setattr(EntryWriter, "write", slow_write)
+    with DiskCache(tmp_path / "c") as disk:
+        archive = Archive(built.index, Counting(built.data), cache=disk)
+        archive.write_cache_behind()
+        content = archive._cache
+        assert content is not None
+        with archive, archive.open("big.bin") as f:
+            assert f.read() == built.contents["big.bin"]
+        assert content.dropped == 0
+        assert content._pending_bytes == 0  # every credit and pin given back
+        assert entries(disk) == {entry.hash.hex(): size}
+
+
+def test_a_stuck_cache_disk_costs_the_readahead_one_wait_and_no_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache's disk stops answering: a group ahead of the reader waits for room once, for
+    the writer's patience, then loading goes on without the cache (content that does not fit
+    the queue is dropped), so the read completes with the right bytes, in about one wait."""
+    import blobfs.core._prefetch as prefetch
+    from blobfs.core.cache.disk import EntryWriter
+
+    built, _ = _long_file(tmp_path, Compression.NONE)
+    unstuck = threading.Event()
+    write = EntryWriter.write
+
+    def stuck_write(self: EntryWriter, data: bytes | memoryview) -> bool:
+        unstuck.wait(30)
+        return write(self, data)
+
+    monkeypatch.setattr(EntryWriter, "write", stuck_write)
+    monkeypatch.setattr(prefetch, "STORE_PATIENCE", 0.3)
+    with DiskCache(tmp_path / "c") as disk:
+        archive = Archive(built.index, Counting(built.data), cache=disk)
+        archive.write_cache_behind()
+        content = archive._cache
+        assert content is not None
+        try:
+            t0 = time.monotonic()
+            with archive.open("big.bin") as f:
+                assert f.read() == built.contents["big.bin"]
+            took = time.monotonic() - t0
+            assert content.dropped > 0
+        finally:
+            unstuck.set()
+            archive.close()
+        assert took < 5  # one 0.3 s wait, not one per group (nor a hang)
+        assert content._pending_bytes == 0
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])

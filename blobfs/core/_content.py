@@ -23,7 +23,12 @@ read path's rules (ARCHITECTURE.md section 3):
   as long as the writer makes progress, so a disk a little slower than the network slows the
   loading ahead instead of leaving content out of the cache (a 10,000-file tree read lost
   250-1,500 files that way); a writer stuck for ``wait`` seconds makes them drop too.
-  :meth:`ContentCache.stop_write_behind` stores what is pending.
+  Readahead groups of big files are handed out chunk by chunk as the reader takes them, so their
+  loaders cannot wait at the put: they set room aside first (:meth:`ContentCache.reserve`, a
+  :class:`QueueCredit` held until the reader is done with the group), waiting while the queue is
+  full as long as the writer makes progress, and the group's content then always fits (a cold
+  read of a GiB on a busy disk left a third of its chunks uncached and its whole-file entry
+  unwritten without this). :meth:`ContentCache.stop_write_behind` stores what is pending.
 
 Keys are content digests (the entry's ``hash`` for a whole file, ``chunk_hash(k)`` for a chunk),
 so identical content is shared by every archive using the same cache.
@@ -54,7 +59,7 @@ if TYPE_CHECKING:
     from ._whole import _Writer as _EntryWriter
     from .cache import Cache
 
-__all__ = ["ContentCache"]
+__all__ = ["STORE_PATIENCE", "ContentCache", "QueueCredit"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +73,12 @@ instead of copies saved a copy of every byte a cold read fetches (a seventh of t
 CPU). Puts that ``wait`` (loaders ahead of the reads) wait for the queue to be under half of
 this: with 32 MiB for everything and no waiting, a 10,000-file tree read peaked at 87-102 MiB
 and left 0-522 files uncached; waiting at 16 MiB, 83-97 MiB and 5-26 files, as fast."""
+
+STORE_PATIENCE: Final = 1.0
+"""Loaders ahead of the reads (batches of small files, readahead groups) wait for room in the
+write queue while its writer finishes something at least this often (seconds): loading ahead
+then keeps pace with a slower disk instead of leaving content out of the cache; a writer stuck
+longer makes them go on without it (their content may go uncached)."""
 
 _COPY_PIECE: Final = 1 << 20
 """Read size when streaming a cached whole file through SHA-256: big enough that the per-call
@@ -144,6 +155,20 @@ def _read_at(f: BinaryIO, fd: int | None, out: memoryview, offset: int) -> int:
 def _size_problem(got: int, size: int) -> str:
     have = f"more than {size}" if got > size else str(got)
     return f"{have} bytes, expected {size}"
+
+
+class QueueCredit:
+    """Room in the write-behind queue set aside for one readahead group
+    (:meth:`ContentCache.reserve`): the group's content is queued against it instead of against
+    the queue's bound, so it never finds the queue full. Released
+    (:meth:`ContentCache.release`) once the reader is done with the group; what was not used
+    goes back to the queue then."""
+
+    __slots__ = ("closed", "left")
+
+    def __init__(self) -> None:
+        self.left = 0  # bytes set aside and not used yet (counted in the queue's bytes)
+        self.closed = False  # released: nothing more is set aside for it
 
 
 class ContentCache:
@@ -557,18 +582,25 @@ class ContentCache:
                 self._limit = 0
         return self._limit <= 0 or size <= self._limit
 
-    def put_bytes(self, digest: bytes, data: bytes | memoryview, wait: float = 0.0) -> None:
+    def put_bytes(
+        self,
+        digest: bytes,
+        data: bytes | memoryview,
+        wait: float = 0.0,
+        credit: QueueCredit | None = None,
+    ) -> None:
         """Store verified ``data`` under ``digest``; failures are logged, never raised. With
         write-behind on, the writer thread stores it (see the module docstring); a view must
         then stay unchanged until it is stored (the read path's views are of buffers nothing
         writes again). ``wait``: while the queue is over half its bound, wait for room as long
         as the writer finishes an operation every ``wait`` seconds (loaders working ahead of
-        the reads; a reader's own thread passes 0 and never waits)."""
+        the reads; a reader's own thread passes 0 and never waits). ``credit``: room set aside
+        for it (:meth:`reserve`), used before the queue's bound."""
         if not self.fits(len(data)):
             return
         if self._max_pending:
             with self._cond:
-                if self._enqueue_locked(digest, data, wait):
+                if self._enqueue_locked(digest, data, wait, credit):
                     return
         self._store(digest, data)
 
@@ -611,6 +643,49 @@ class ContentCache:
                 )
                 self._writer.start()
 
+    def reserve(self, credit: QueueCredit, nbytes: int, wait: float) -> None:
+        """Set ``nbytes`` of room aside in the write-behind queue for ``credit`` (a readahead
+        group about to load that much content, see the module docstring). While the queue has
+        no room, wait as long as the writer finishes an operation every ``wait`` seconds; when
+        it does not, when the queue is idle (the room is held by other credits, given back as
+        their readers move on) or without write-behind, nothing is set aside and the group's
+        content meets the queue's bound as any other. A no-op once ``credit`` was released."""
+        with self._cond:
+            while not credit.closed and 0 < nbytes <= self._max_pending:
+                if self._pending_bytes + nbytes <= self._max_pending:
+                    credit.left += nbytes
+                    self._pending_bytes += nbytes
+                    return
+                if not self._queue or not self._await_writer_locked(wait):
+                    return
+
+    def release(self, credit: QueueCredit) -> None:
+        """The group of ``credit`` is done with: the room it did not use goes back to the
+        queue, and nothing more is set aside for it. Idempotent."""
+        with self._cond:
+            credit.closed = True
+            if credit.left:
+                self._pending_bytes -= credit.left
+                credit.left = 0
+                self._cond.notify_all()
+
+    def _await_writer_locked(self, wait: float) -> bool:
+        """Wait up to ``wait`` seconds for the writer thread to finish an operation: True if it
+        did. False when it did not (remembered: nobody waits on it again before it progresses),
+        was seen stuck before, or is gone."""
+        if wait <= 0 or not self._writing or self._written == self._stuck_at:
+            return False
+        done, deadline = self._written, time.monotonic() + wait
+        while self._written == done and self._writing:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._cond.wait(left)
+        if self._written != done:
+            return True
+        self._stuck_at = done
+        return False
+
     def _pending_content(self, digest: bytes, size: int) -> bytes | None:
         if not self._pending:  # no lock: a miss here only means reading the cache itself
             return None
@@ -620,19 +695,28 @@ class ContentCache:
             return None
         return data if isinstance(data, bytes) else bytes(data)
 
-    def _pin_locked(self, data: bytes | memoryview, limit: int | None = None) -> bool:
-        """Count the buffer ``data`` keeps alive in the queue's bound (``limit``, else the
-        queue's); False (and nothing counted) when it does not fit."""
+    def _pin_locked(
+        self,
+        data: bytes | memoryview,
+        limit: int | None = None,
+        credit: QueueCredit | None = None,
+    ) -> bool:
+        """Count the buffer ``data`` keeps alive against ``credit`` when it has room left, else
+        in the queue's bound (``limit``, else the queue's); False (and nothing counted) when it
+        does not fit."""
         key, size = _pinned(data)
         pin = self._pins.get(key)
         if pin is not None:
             pin[1] += 1
             return True
-        bound = self._max_pending if limit is None else limit
-        if self._queue and self._pending_bytes + size > bound:
-            return False
+        if credit is not None and credit.left >= size:
+            credit.left -= size  # counted in _pending_bytes already
+        else:
+            bound = self._max_pending if limit is None else limit
+            if self._queue and self._pending_bytes + size > bound:
+                return False
+            self._pending_bytes += size
         self._pins[key] = [size, 1]
-        self._pending_bytes += size
         return True
 
     def _unpin_locked(self, data: bytes | memoryview) -> None:
@@ -643,7 +727,13 @@ class ContentCache:
             del self._pins[key]
             self._pending_bytes -= pin[0]
 
-    def _enqueue_locked(self, digest: bytes, data: bytes | memoryview, wait: float = 0.0) -> bool:
+    def _enqueue_locked(
+        self,
+        digest: bytes,
+        data: bytes | memoryview,
+        wait: float = 0.0,
+        credit: QueueCredit | None = None,
+    ) -> bool:
         """Queue ``data`` (or drop it when the queue is full and stays full: see the module
         docstring); False when write-behind is off, so the caller stores it."""
         if not self._max_pending:
@@ -651,21 +741,13 @@ class ContentCache:
         if digest in self._pending:
             return True
         limit = self._max_pending // 2 if wait > 0 else self._max_pending
-        while not self._pin_locked(data, limit):
-            if wait > 0 and self._writing and self._written != self._stuck_at:
-                done, deadline = self._written, time.monotonic() + wait
-                while self._written == done and self._writing:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
+        while not self._pin_locked(data, limit, credit):
+            if self._await_writer_locked(wait):
                 if not self._max_pending:
                     return False  # write-behind stopped meanwhile: the caller stores it
                 if digest in self._pending:
                     return True
-                if self._written != done:
-                    continue  # progress: try again
-                self._stuck_at = done  # no progress for `wait` seconds: nobody waits on it
+                continue  # progress: try again
             self.dropped += 1
             if self.dropped == 1:
                 logger.info(
@@ -684,13 +766,17 @@ class ContentCache:
         op: StreamOp,
         data: bytes | memoryview | None = None,
         k: int = -1,
+        credit: QueueCredit | None = None,
     ) -> bool:
         """Queue ``op`` of ``stream`` for the writer thread. An append that does not fit the
-        queue (or comes when write-behind is off) is refused: False. A commit or an abort is
-        always taken; once the writer thread is gone it runs in the calling thread."""
+        queue (``credit`` first, as in :meth:`put_bytes`), or comes when write-behind is off,
+        is refused: False. A commit or an abort is always taken; once the writer thread is gone
+        it runs in the calling thread."""
         with self._cond:
             queued = data is not None or self._writing
-            if data is not None and (not self._max_pending or not self._pin_locked(data)):
+            if data is not None and (
+                not self._max_pending or not self._pin_locked(data, credit=credit)
+            ):
                 return False
             if queued:
                 self._queue.append(_Op(stream, op, data, k))

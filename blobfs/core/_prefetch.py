@@ -49,7 +49,7 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final, TypeVar, TypeVarTuple
 
-from ._content import ContentCache
+from ._content import STORE_PATIENCE, ContentCache, QueueCredit
 from ._decode import Buffer, decode_chunk_view
 from ._source import ByteSource
 from ._steps import chunk_runs, new_buffer, read_buffer
@@ -170,13 +170,18 @@ def load_group(
     content: ContentCache | None,
     chunks: list[Future[ChunkResult]],
     store: bool = True,
+    credit: QueueCredit | None = None,
+    patience: float = 0.0,
 ) -> None:
     """Resolve ``chunks[i]`` with chunk ``first + i`` of ``entry``, verified, or its error.
 
-    Runs in a pool thread (blocking I/O): cache lookups, one fetch per run of missing chunks
-    (:func:`~blobfs.core._steps.chunk_runs`), each chunk decoded, verified and resolved as soon
-    as its payload is in (:func:`_fetch_run`), cache stores. Never raises for a bad chunk or a
-    failed fetch: the error is the result of the chunks it concerns; no future is left pending.
+    Runs in a pool thread (blocking I/O): cache lookups, then room set aside in the content
+    cache's write queue for the chunks missing (``credit``, waiting up to ``patience`` seconds
+    for each of the writer's operations: see ``_content.py``), one fetch per run of missing
+    chunks (:func:`~blobfs.core._steps.chunk_runs`), each chunk decoded, verified and resolved
+    as soon as its payload is in (:func:`_fetch_run`), cache stores. Never raises for a bad
+    chunk or a failed fetch: the error is the result of the chunks it concerns; no future is
+    left pending.
     """
     end = first + len(chunks)
     try:
@@ -188,9 +193,22 @@ def load_group(
         found: list[Buffer | None] = (
             [None] * len(chunks) if content is None else content.get_chunks(entry, first, end, hit)
         )
+        if content is not None and credit is not None:
+            missing = 0
+            for k, chunk in enumerate(found, first):
+                if chunk is None:
+                    lo, hi = entry.chunk_bounds(k)
+                    missing += hi - lo
+            content.reserve(credit, missing, patience)
         for a, b in chunk_runs(entry, first, found, GROUP_BYTES):
             _fetch_run(
-                entry, a, b, source, content if store else None, chunks[a - first : b - first]
+                entry,
+                a,
+                b,
+                source,
+                content if store else None,
+                chunks[a - first : b - first],
+                credit,
             )
     finally:
         for fut in chunks:  # a bug or interpreter shutdown: no reader may wait forever
@@ -204,9 +222,11 @@ def _fetch_run(
     source: ByteSource,
     content: ContentCache | None,
     chunks: list[Future[ChunkResult]],
+    credit: QueueCredit | None = None,
 ) -> None:
     """Fetch chunks ``a .. b - 1`` with one request and resolve ``chunks`` (theirs) one by one
-    as their payloads arrive, when the source reports progress; else once it is all in."""
+    as their payloads arrive, when the source reports progress; else once it is all in. Each
+    chunk is stored in ``content`` (when given) against ``credit`` first."""
     off, _ = entry.chunk_payload(a)
     last_off, last_n = entry.chunk_payload(b - 1)
     length = last_off + last_n - off
@@ -227,7 +247,7 @@ def _fetch_run(
             # Stored first: a read right after this one finds it (with write-behind, the
             # mount's, storing is only queueing).
             if content is not None and not isinstance(chunk, Exception):
-                content.put_bytes(entry.chunk_hash(k), chunk)
+                content.put_bytes(entry.chunk_hash(k), chunk, credit=credit)
             _settle(chunks[k - a], chunk)
             k += 1
 
@@ -254,6 +274,7 @@ class Group:
     size: int
     job: Future[None]
     chunks: list[Future[ChunkResult]]
+    credit: QueueCredit | None
 
 
 class Readahead:
@@ -335,7 +356,7 @@ class Readahead:
         ``k`` is to be read directly."""
         groups = self._groups
         while groups and groups[0].end <= k:
-            groups.popleft()  # passed: the reader is done with them
+            self._release(groups.popleft())  # passed: the reader is done with it
         if groups and k < groups[0].first:
             self.discard()
         if not groups:
@@ -369,13 +390,24 @@ class Readahead:
                 size += hi - lo
                 end += 1
             chunks: list[Future[ChunkResult]] = [Future() for _ in range(first, end)]
+            # Groups behind the first of the window are ahead of the reader: they may wait for
+            # the cache's writer. The reader waits for the first one: it never does.
+            credit = None if self._content is None else QueueCredit()
             job = self._pool.submit(
-                load_group, entry, first, self._source, self._content, chunks, self._whole is None
+                load_group,
+                entry,
+                first,
+                self._source,
+                self._content,
+                chunks,
+                self._whole is None,
+                credit,
+                STORE_PATIENCE if groups else 0.0,
             )
             if job is None:  # the archive was closed: read without readahead
                 self._horizon = 0
                 return
-            groups.append(Group(first, end, size, job, chunks))
+            groups.append(Group(first, end, size, job, chunks, credit))
             self._next = end
             self._ramp = min(GROUP_BYTES, 2 * max(limit, size))
             held += size
@@ -392,7 +424,7 @@ class Readahead:
             return None
         if not isinstance(item, Exception):
             if self._whole is not None:
-                self._whole.feed(k, item)
+                self._whole.feed(k, item, group.credit)
             return item
         logger.debug("%s: readahead of chunk %d failed: %r", self._entry.path, k, item)
         self.discard()
@@ -408,6 +440,11 @@ class Readahead:
                 return not isinstance(fut.result(), Exception)
         return False
 
+    def _release(self, group: Group) -> None:
+        """Give back the write-queue room ``group`` set aside and did not use."""
+        if group.credit is not None and self._content is not None:
+            self._content.release(group.credit)
+
     def discard(self) -> None:
         """Drop the window: queued groups are cancelled, running ones finish unused; a
         whole-file entry being written is abandoned (its chunks stored one by one)."""
@@ -418,5 +455,6 @@ class Readahead:
             g.job.cancel()
             for fut in g.chunks:  # nobody may wait for a group that will not run
                 fut.cancel()
+            self._release(g)
         self._groups.clear()
         self._ramp = RAMP_BYTES

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from ..errors import HashMismatch, IntegrityError
-from ._content import ContentCache
+from ._content import STORE_PATIENCE, ContentCache
 from ._decode import MAX_FETCH, Buffer, PayloadDecoder
 from ._source import ByteSource
 from ._steps import read_buffer
@@ -94,11 +94,6 @@ PAUSE: Final = 256
 """Positions a stream stops loading ahead for once a batch was passed without any of its files
 read through it (the kernel's page cache answers them, or the program opens without
 reading): then it starts again with a small batch, to see whether reads came back."""
-
-STORE_PATIENCE: Final = 1.0
-"""A batch's files wait for room in the content cache's write queue while its writer finishes
-something at least this often (seconds): loading ahead then keeps pace with a slower disk
-instead of leaving files out of the cache; a writer stuck longer makes them go uncached."""
 
 PROOF: Final = 2
 """Files readers must take from a stream's first batch before more is loaded for it: the file

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 from ._types import Entry
 
 if TYPE_CHECKING:
-    from ._content import ContentCache
+    from ._content import ContentCache, QueueCredit
 
 __all__ = ["StreamOp", "WholeFileStream"]
 
@@ -77,16 +77,17 @@ class WholeFileStream:
 
     # ------------------------------------------------------------------ the reader's side
 
-    def feed(self, k: int, data: bytes | memoryview) -> None:
+    def feed(self, k: int, data: bytes | memoryview, credit: QueueCredit | None = None) -> None:
         """Chunk ``k``, verified, as the reader takes it: appended when it is the next one,
-        else stored on its own (and the stream abandoned when chunks would be missing). Never
-        waits and never raises."""
+        else stored on its own (and the stream abandoned when chunks would be missing); queued
+        against ``credit`` first, the room its readahead group set aside. Never waits and never
+        raises."""
         if k < self._next:
             return  # read again (a seek back): appended already
         if (
             self._open
             and k == self._next
-            and self._content.queue_stream_op(self, StreamOp.APPEND, data, k)
+            and self._content.queue_stream_op(self, StreamOp.APPEND, data, k, credit)
         ):
             self._next += 1
             if self._next == self.entry.num_chunks:
@@ -97,7 +98,7 @@ class WholeFileStream:
             why = "the write queue is full" if k == self._next else f"chunk {self._next} skipped"
             logger.debug("%s: whole-file entry abandoned at chunk %d (%s)", self.entry.path, k, why)
         self.abandon()
-        self._content.put_bytes(self.entry.chunk_hash(k), data)
+        self._content.put_bytes(self.entry.chunk_hash(k), data, credit=credit)
 
     def abandon(self) -> None:
         """No more chunks will come in order: what was appended is stored as chunk entries.
