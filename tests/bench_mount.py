@@ -35,6 +35,10 @@ RUNS = 3
 BLOBFS = [os.path.join(os.path.dirname(sys.executable), "blobfs")]
 """The installed console script, as users run it (its start-up time is part of "mount ready")."""
 MiB = 1 << 20
+FLOOR = "floor: a pyfuse3 fs serving the same from memory"
+"""The rows of the floor file system (``tests/_floor_fs.py``), printed under each figure they
+bound: what is left of the figure once everything blobfs does (fetching, verifying, caching)
+is taken away."""
 
 
 # ------------------------------------------------------------------------------- the trees
@@ -168,6 +172,34 @@ class Mount:
             self.mnt.rmdir()
 
 
+@contextlib.contextmanager
+def _floor_mount(index: Path, base: Path) -> Iterator[Path]:
+    """The tree of ``index`` mounted by the floor file system (``tests/_floor_fs.py``: the same
+    paths and sizes, contents from memory, nothing verified or cached) at a fresh mountpoint;
+    unmounted and reaped on exit."""
+    mnt = Path(tempfile.mkdtemp(prefix="floor-", dir=base))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests._floor_fs", os.fspath(index), os.fspath(mnt)],
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(mnt):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the floor file system did not mount at {mnt}")
+            time.sleep(0.02)
+        yield mnt
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", os.fspath(mnt)], check=False)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        with contextlib.suppress(OSError):
+            mnt.rmdir()
+
+
 def _fresh_cache(base: Path) -> Path:
     """A new, empty cache directory. The previous runs' are deleted only when the benchmark
     ends (:func:`_drop_cache_dirs`): on ext4 without a journal (these machines), creating a
@@ -259,6 +291,11 @@ def _run(base: Path, quick: bool, step: Callable[[str], None]) -> list[Row]:
             with Mount(refs["100k"], base, _fresh_cache(base)) as m:
                 lsrs.append(_timed(["ls", "-lR", os.fspath(m.mnt)]))
         rows.append((f"find -type f | wc -l, {n100k:,} files, cold", _s(finds), "< 0.5 s"))
+        floor_finds = []
+        for _ in range(RUNS):
+            with _floor_mount(a100k / "index.blob", base) as mnt:
+                floor_finds.append(_timed(["sh", "-c", f"find {mnt} -type f | wc -l"]))
+        rows.append((f"  {FLOOR}", _s(floor_finds), ""))
         rows.append((f"ls -lR, {n100k:,} files, cold", _s(lsrs), "< 2 s"))
 
         step("cold read of a 23 KB file")
@@ -280,6 +317,13 @@ def _run(base: Path, quick: bool, step: Callable[[str], None]) -> list[Row]:
         rows.append(
             ("  the same, hot (page cache: FUSE open/release only)", _rate(total, hot_times), "")
         )
+        floor_times, floor_hot = [], []
+        for _ in range(RUNS):
+            with _floor_mount(a10k / "index.blob", base) as mnt:
+                floor_times.append(_timed(read_tree, cwd=mnt))
+                floor_hot.append(_timed(read_tree, cwd=mnt))
+        rows.append((f"  {FLOOR}, first pass", _rate(total, floor_times), ""))
+        rows.append((f"  {FLOOR}, hot", _rate(total, floor_hot), ""))
         index_mb = (a10k / "index.blob").stat().st_size / 1e6
         peak = statistics.median(rss) if rss else float("nan")
         rows.append(
