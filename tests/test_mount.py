@@ -735,6 +735,39 @@ def test_a_file_read_through_is_cached_as_one_entry(
         assert m.stats()["bytes_fetched"] == 0
 
 
+def test_stops_after_the_unmount_let_the_cache_writer_finish(
+    tmp_path: Path, registry: tuple[LocalRegistry, Path], sample: tuple[Path, dict[str, bytes]]
+) -> None:
+    """A program reads the start of a chunked file and stops; the mount is removed from
+    outside and SIGTERM follows at once, again and again (a second ``systemctl stop``,
+    ``umount`` then ``kill``). Closing the file hands the chunks it read to the cache's writer
+    (the whole-file entry it began is given up), and the daemon stores them before it exits:
+    the signals used to kill it while its writer was at it, so the next mount fetched them
+    again."""
+    reg, _ = registry
+    archive, files = sample
+    ref = f"{reg.host}/sample/stops:v1"
+    with Registry() as client:
+        client.push(ref, archive)
+    entry = Index((archive / "index.blob").read_bytes()).entry("big/chunked.bin")
+    assert entry.num_chunks > 3
+    taken = entry.chunk_bounds(2)[1]
+    cache_dir = tmp_path / "shared-cache"
+    with mounted([ref], tmp_path / "mnt", options=["cache_dir=" + os.fspath(cache_dir)]) as m:
+        with open(m.path / "big/chunked.bin", "rb") as f:
+            assert f.read(taken) == files["big/chunked.bin"][:taken]
+        lazy_unmount(m.path)
+        for _ in range(40):
+            if m.proc.poll() is not None:
+                break
+            m.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.005)
+        # 0, or killed by a signal that came once everything was closed and stored.
+        assert m.proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    stored = {p.name for p in cache_dir.rglob("*") if p.is_file()}
+    assert {entry.chunk_hash(k).hex() for k in range(3)} <= stored
+
+
 def test_kernel_tuning_is_applied(tmp_path: Path, sample: tuple[Path, dict[str, bytes]]) -> None:
     from blobfs.fuse._sysfs import mount_tuning
 

@@ -11,7 +11,8 @@
     -> SIGTERM/SIGINT: STOPPING=1, the FUSE loop ends, the mount is removed (lazily when busy)
        SIGHUP: reload() (credentials re-read), or a log line that there is nothing to reload
        an unmount from outside (blobfs umount, fusermount3 -u, umount) ends the loop too
-    -> open files, the archive and its sources closed; exit status 0
+    -> open files, the archive and its sources closed, what waits for the content cache
+       written (a SIGTERM or SIGINT now is noted, not acted on: SIGKILL still works); exit 0
 
 A failure before ready is reported to the starting process (one line, exit status 1) or, in
 the foreground, raised as :class:`~blobfs.errors.MountError`. The resources live in one
@@ -112,6 +113,7 @@ def mount(
             logger.exception("opening %s failed", source.reference)
         pipe.fail(_reason(e))
         return 1
+    stops = _StopsNoted()
     try:
         # Reads answer before their content reached the cache on disk (a writer thread stores
         # it); the archive's close stores what is left.
@@ -126,17 +128,21 @@ def mount(
             mountpoint=mountpoint,
             push=_store_in_page_cache,
         )
-        daemon = _Daemon(fs, mountpoint, options, pipe, on_ready, reload)
+        daemon = _Daemon(fs, mountpoint, options, pipe, on_ready, reload, stops)
         # What exists now (modules, the index) lives as long as the mount: out of the cyclic
         # GC's sight, whose full collections would otherwise walk it again and again while a
         # listing of 100,000 files makes their attributes (~60 ms of every such listing).
         gc.freeze()
+        stops.install()
         try:
             return trio.run(daemon.run)
         finally:
             gc.unfreeze()
     finally:
-        archive.close()
+        try:
+            archive.close()
+        finally:
+            stops.restore()
 
 
 def _store_in_page_cache(ino: int, content: Buffer) -> None:
@@ -165,6 +171,39 @@ def _failed(pipe: ReadyPipe | None, message: str) -> int:
     return 1
 
 
+class _StopsNoted:
+    """SIGTERM, SIGINT and SIGHUP outside the serving loop, noted instead of acted on.
+
+    Installed just before ``trio.run`` (whose own receiver takes the signals while it runs, then
+    puts these handlers back) and removed once the archive is closed: a stop arriving after the
+    loop ended (a second ``systemctl stop``, ``umount`` followed by ``kill``) would otherwise
+    kill the process while the content cache's writer stores what the reads left it, and that
+    content would be fetched again by the next mount. SIGKILL still ends the process. A stop
+    noted before the loop took over makes the daemon stop before it mounts.
+    """
+
+    SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._previous: dict[int, object] = {}
+
+    def _note(self, signum: int, frame: object) -> None:
+        if signum != signal.SIGHUP and not self.received:
+            logger.info("%s: writing the content cache first", signal.Signals(signum).name)
+        if signum != signal.SIGHUP:
+            self.received.append(signum)
+
+    def install(self) -> None:
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._note)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+
 class _Daemon:
     """One serving run (inside ``trio.run``)."""
 
@@ -176,8 +215,10 @@ class _Daemon:
         pipe: ReadyPipe | None,
         on_ready: OnReady | None,
         reload: Reload | None,
+        stops: _StopsNoted | None = None,
     ) -> None:
         self.fs = fs
+        self.stops = stops
         self.mountpoint = mountpoint
         self.options = options
         self.pipe = pipe
@@ -192,6 +233,10 @@ class _Daemon:
             # Signals are ours before the mount exists: a SIGTERM in between would otherwise
             # kill the process and leave a dead mount behind.
             receiver = stack.enter_context(trio.open_signal_receiver(*signals))
+            if self.stops is not None and self.stops.received:
+                self.stopping = True  # a stop came before the receiver: do not mount
+                name = signal.Signals(self.stops.received[0]).name
+                return _failed(self.pipe, f"{name} before {self.mountpoint} was mounted")
             stack.push_async_callback(_close_sources, self.fs.archive)
             stack.push_async_callback(self.fs.aclose)
             try:
