@@ -686,12 +686,8 @@ def test_cold_reads_fetch_only_what_they_need(
 ) -> None:
     """A cold small file costs its payload and nothing more; a second mount over the same
     cache directory fetches nothing for it (the verified content is cached)."""
-    reg, _ = registry
-    archive, files = sample
-    ref = f"{reg.host}/sample/data:v1"
-    with Registry() as client:
-        client.push(ref, archive)
-    payload = Index((archive / "index.blob").read_bytes()).entry("text/hello.txt").data_size
+    ref, files, _ = _pushed_sample(registry, sample)
+    payload = Index((sample[0] / "index.blob").read_bytes()).entry("text/hello.txt").data_size
     cache = ["cache_dir=" + os.fspath(tmp_path / "shared-cache")]
     with mounted([ref], tmp_path / "mnt1", options=cache) as m:
         assert m.stats()["bytes_fetched"] == 0
@@ -713,12 +709,8 @@ def test_a_file_read_through_is_cached_as_one_entry(
 ) -> None:
     """``cat`` of a chunked file leaves one content-cache entry, the whole file under its
     SHA-256 (not one per chunk); a later mount reads the file from it, fetching nothing."""
-    reg, _ = registry
-    archive, files = sample
-    ref = f"{reg.host}/sample/whole:v1"
-    with Registry() as client:
-        client.push(ref, archive)
-    entry = Index((archive / "index.blob").read_bytes()).entry("big/chunked.bin")
+    ref, files, _ = _pushed_sample(registry, sample)
+    entry = Index((sample[0] / "index.blob").read_bytes()).entry("big/chunked.bin")
     assert entry.chunked
     cache_dir = tmp_path / "shared-cache"
     cache = ["cache_dir=" + os.fspath(cache_dir)]
@@ -744,12 +736,8 @@ def test_stops_after_the_unmount_let_the_cache_writer_finish(
     (the whole-file entry it began is given up), and the daemon stores them before it exits:
     the signals used to kill it while its writer was at it, so the next mount fetched them
     again."""
-    reg, _ = registry
-    archive, files = sample
-    ref = f"{reg.host}/sample/stops:v1"
-    with Registry() as client:
-        client.push(ref, archive)
-    entry = Index((archive / "index.blob").read_bytes()).entry("big/chunked.bin")
+    ref, files, _ = _pushed_sample(registry, sample)
+    entry = Index((sample[0] / "index.blob").read_bytes()).entry("big/chunked.bin")
     assert entry.num_chunks > 3
     taken = entry.chunk_bounds(2)[1]
     cache_dir = tmp_path / "shared-cache"
