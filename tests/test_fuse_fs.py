@@ -833,3 +833,33 @@ def test_counting_source_and_cache(archive_dir: Path, tmp_path: Path) -> None:
     assert f is not None
     f.close()
     assert (cache.hits, cache.misses) == (1, 1)
+
+
+def test_stops_outside_the_serving_loop_are_noted_and_stop_the_daemon_before_it_mounts(
+    tmp_path: Path, fs: ArchiveFS
+) -> None:
+    """Between the set-up and the serving loop (and after it, while the cache is written),
+    SIGTERM and SIGINT are noted instead of killing the process, SIGHUP is ignored; a stop noted
+    before the loop's own receiver took over makes it stop without mounting. The handlers that
+    were there before come back."""
+    import signal
+
+    from blobfs.fuse._daemon import _Daemon, _StopsNoted
+    from blobfs.fuse._options import MountOptions
+
+    before = signal.getsignal(signal.SIGTERM)
+    stops = _StopsNoted()
+    stops.install()
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stops.received == [signal.SIGTERM]
+        mnt = tmp_path / "mnt"
+        mnt.mkdir()
+        daemon = _Daemon(fs, os.fspath(mnt), MountOptions(), None, None, None, stops)
+        with pytest.raises(MountError, match=r"SIGTERM before .* was mounted"):
+            trio.run(daemon.run)
+        assert not os.path.ismount(mnt)
+    finally:
+        stops.restore()
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -27,7 +27,7 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
-from typing import Final
+from typing import Any, Final
 
 import pyfuse3
 import trio
@@ -185,14 +185,15 @@ class _StopsNoted:
     SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def __init__(self) -> None:
-        self.received: list[int] = []
-        self._previous: dict[int, object] = {}
+        self.received: list[int] = []  # SIGTERM and SIGINT noted, in order
+        self._previous: dict[int, Any] = {}
 
     def _note(self, signum: int, frame: object) -> None:
-        if signum != signal.SIGHUP and not self.received:
+        if signum == signal.SIGHUP:
+            return  # nothing to reload outside the loop
+        if not self.received:
             logger.info("%s: writing the content cache first", signal.Signals(signum).name)
-        if signum != signal.SIGHUP:
-            self.received.append(signum)
+        self.received.append(signum)
 
     def install(self) -> None:
         for signum in self.SIGNALS:
@@ -200,7 +201,7 @@ class _StopsNoted:
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
+            signal.signal(signum, handler)
         self._previous.clear()
 
 
