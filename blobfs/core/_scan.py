@@ -200,8 +200,7 @@ class ScanAhead:
                 return None
             if not batch.future.done():
                 return batch.future
-            data = self._hand_over_locked(batch, entry)
-        return data if data is not None and len(data) == entry.original_size else None
+            return self._hand_over_locked(batch, entry)
 
     def take(self, entry: Entry) -> Buffer | None:
         """The verified content of ``entry`` if a batch has it loaded now, handed over as
@@ -212,13 +211,15 @@ class ScanAhead:
             batch = self._by_hash.get(entry.hash)
             if batch is None or not batch.future.done() or entry.hash not in batch.results:
                 return None
-            data = self._hand_over_locked(batch, entry)
-        return data if data is not None and len(data) == entry.original_size else None
+            return self._hand_over_locked(batch, entry)
 
     def _hand_over_locked(self, batch: _Batch, entry: Entry) -> Buffer | None:
+        """The content ``batch`` loaded for ``entry``, once (None if it has none of the
+        entry's size); the entry is no longer found loading."""
         del self._by_hash[entry.hash]
         batch.claimed += 1
-        return batch.results.pop(entry.hash, None)
+        data = batch.results.pop(entry.hash, None)
+        return data if data is not None and len(data) == entry.original_size else None
 
     def ready(self, entry: Entry) -> bool:
         """Whether :meth:`claim` would hand over the content of ``entry`` now (no waiting)."""
