@@ -840,8 +840,8 @@ def test_stops_outside_the_serving_loop_are_noted_and_stop_the_daemon_before_it_
 ) -> None:
     """Between the set-up and the serving loop (and after it, while the cache is written),
     SIGTERM and SIGINT are noted instead of killing the process, SIGHUP is ignored; a stop noted
-    before the loop's own receiver took over makes it stop without mounting. The handlers that
-    were there before come back."""
+    before the loop's own receiver took over makes it stop without mounting; trio's teardown
+    ignores them. The handlers that were there before come back."""
     import signal
 
     from blobfs.fuse._daemon import _Daemon, _StopsNoted
@@ -860,6 +860,11 @@ def test_stops_outside_the_serving_loop_are_noted_and_stop_the_daemon_before_it_
         with pytest.raises(MountError, match=r"SIGTERM before .* was mounted"):
             trio.run(daemon.run)
         assert not os.path.ismount(mnt)
+        # Ignored from the moment trio's receiver let go, through trio's teardown (whose
+        # wakeup socket a handled signal would write to once closed); mount() notes them again.
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        stops.install()
+        assert signal.getsignal(signal.SIGTERM) == stops._note
     finally:
         stops.restore()
     assert signal.getsignal(signal.SIGTERM) == before

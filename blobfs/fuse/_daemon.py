@@ -137,6 +137,7 @@ def mount(
         try:
             return trio.run(daemon.run)
         finally:
+            stops.install()
             gc.unfreeze()
     finally:
         try:
@@ -174,12 +175,13 @@ def _failed(pipe: ReadyPipe | None, message: str) -> int:
 class _StopsNoted:
     """SIGTERM, SIGINT and SIGHUP outside the serving loop, noted instead of acted on.
 
-    Installed just before ``trio.run`` (whose own receiver takes the signals while it runs, then
-    puts these handlers back) and removed once the archive is closed: a stop arriving after the
-    loop ended (a second ``systemctl stop``, ``umount`` followed by ``kill``) would otherwise
-    kill the process while the content cache's writer stores what the reads left it, and that
-    content would be fetched again by the next mount. SIGKILL still ends the process. A stop
-    noted before the loop took over makes the daemon stop before it mounts.
+    Installed just before ``trio.run`` (whose own receiver takes the signals while it runs and
+    puts these handlers back after; they are ignored while trio tears down, :meth:`ignore`),
+    and again after it, until the archive is closed: a stop arriving after the loop ended (a
+    second ``systemctl stop``, ``umount`` followed by ``kill``) would otherwise kill the process
+    while the content cache's writer stores what the reads left it, and that content would be
+    fetched again by the next mount. SIGKILL still ends the process. A stop noted before the
+    loop took over makes the daemon stop before it mounts.
     """
 
     SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -196,8 +198,18 @@ class _StopsNoted:
         self.received.append(signum)
 
     def install(self) -> None:
+        """Note the signals from now on (again after :meth:`ignore`); the handlers found the
+        first time are the ones :meth:`restore` puts back."""
         for signum in self.SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._note)
+            self._previous.setdefault(signum, signal.signal(signum, self._note))
+
+    def ignore(self) -> None:
+        """Drop the signals while trio tears its run down: its signal wakeup socket is closed
+        before the wakeup fd is reset, and a handled signal in between writes to the closed
+        socket (Python prints that error, with a traceback, to the log). The daemon is stopping
+        then anyway; :meth:`install` notes them again once ``trio.run`` returned."""
+        for signum in self.SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
@@ -233,6 +245,9 @@ class _Daemon:
         async with contextlib.AsyncExitStack() as stack:
             # Signals are ours before the mount exists: a SIGTERM in between would otherwise
             # kill the process and leave a dead mount behind.
+            if self.stops is not None:
+                # Registered first, so run last: after the receiver put the handlers back.
+                stack.callback(self.stops.ignore)
             receiver = stack.enter_context(trio.open_signal_receiver(*signals))
             if self.stops is not None and self.stops.received:
                 self.stopping = True  # a stop came before the receiver: do not mount
